@@ -27,6 +27,7 @@ class GlobalKeys:
     segments: str = f"{GLOBAL_TAG}:segments"
     next_id: str = f"{GLOBAL_TAG}:nextid"
     deleting: str = f"{GLOBAL_TAG}:deleting"
+    rollouts: str = f"{GLOBAL_TAG}:rollouts"
     events: str = f"{GLOBAL_TAG}:events"
 
 
@@ -42,6 +43,8 @@ class ShardKeys:
     seg_id: str
     seg_slug: str
     seg_dying: str
+    seg_dead: str
+    seg_rev: str
     seg_pct: str
     seg_hi: str
     counts: str
@@ -62,6 +65,8 @@ def _shard_keys(shard: int) -> ShardKeys:
         seg_id=f"{tag}:seg:id",
         seg_slug=f"{tag}:seg:slug",
         seg_dying=f"{tag}:seg:dying",
+        seg_dead=f"{tag}:seg:dead",
+        seg_rev=f"{tag}:seg:rev",
         seg_pct=f"{tag}:seg:pct",
         seg_hi=f"{tag}:seg:hi",
         counts=f"{tag}:cnt",

@@ -1,0 +1,31 @@
+--[[
+  Creates a segment in the global catalogue and hands it a new id (ids are
+  never reused, so a slug created again starts empty). The shards learn of
+  it afterwards through registerSegment.
+
+  KEYS[1] {g}:segments  slug -> JSON {id, description, pct, created_at, rev}
+  KEYS[2] {g}:nextid    last id handed out
+  KEYS[3] {g}:events    segment lifecycle stream
+  ARGV[1] slug
+  ARGV[2] description
+  ARGV[3] percent x 100 (1 .. 10000), 0 for none
+  ARGV[4] now, ms since epoch
+
+  Returns {0, JSON} or {1} when the slug exists.
+  Errors: BADARG when an argument is malformed (nothing is changed).
+]]
+local segmentsKey, nextIdKey, stream = KEYS[1], KEYS[2], KEYS[3]
+local rcall = redis.call
+--- @include "common"
+
+local slug, description = ARGV[1], ARGV[2]
+local pct = requireNumber(ARGV[3], 'percent')
+local now = requireNumber(ARGV[4], 'now')
+if pct > 10000 then return redis.error_reply('BADARG percent x 100 must be at most 10000') end
+if rcall('HEXISTS', segmentsKey, slug) == 1 then return {1} end
+
+local id = rcall('INCR', nextIdKey)
+local doc = cjson.encode({id = id, description = description, pct = pct, created_at = now, rev = 1})
+rcall('HSET', segmentsKey, slug, doc)
+rcall('XADD', stream, '*', 'o', 'created', 's', slug, 't', now, 'p', percentText(pct), 'desc', description, 'id', id)
+return {0, doc}

@@ -1,0 +1,34 @@
+--[[
+  First step of a deletion in one shard: the segment leaves the shard's
+  catalogue (no read returns it, no change can name it from here on) and
+  becomes "dying" until purgeSegment has removed its members.
+
+  KEYS[1] {sNN}:seg:id     slug -> id
+  KEYS[2] {sNN}:seg:slug   id -> slug
+  KEYS[3] {sNN}:seg:pct    id -> percent x 100
+  KEYS[4] {sNN}:seg:hi     id -> highest percent x 100 ever applied
+  KEYS[5] {sNN}:seg:dying  id -> "<ms>:<slug>"
+  KEYS[6] {sNN}:seg:rev    id -> catalogue revision registered
+  ARGV[1] segment id
+  ARGV[2] slug
+  ARGV[3] deletion time, ms since epoch
+
+  Returns 1.
+  Errors: BADARG when an argument is malformed (nothing is changed).
+]]
+local segIdKey, segSlugKey, segPctKey, segHiKey, segDyingKey, segRevKey =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local rcall = redis.call
+--- @include "common"
+
+local id, slug = ARGV[1], ARGV[2]
+requireNumber(id, 'segment id')
+local deletedAt = requireNumber(ARGV[3], 'deletion time')
+-- The slug may already name a newer segment created after this deletion.
+if rcall('HGET', segIdKey, slug) == id then rcall('HDEL', segIdKey, slug) end
+rcall('HDEL', segSlugKey, id)
+rcall('HDEL', segPctKey, id)
+rcall('HDEL', segHiKey, id)
+rcall('HDEL', segRevKey, id)
+rcall('HSETNX', segDyingKey, id, deletedAt .. ':' .. slug)
+return 1

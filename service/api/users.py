@@ -1,0 +1,114 @@
+"""/api/v1/users: known users, their segments, and batch lookups."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from service.clock import from_datetime, to_datetime
+from service.errors import InvalidRequest
+from service.models import (
+    MAX_USER_ID,
+    ChangeRequest,
+    ErrorBody,
+    ExpandedMembership,
+    LookupRequest,
+    LookupResponse,
+    UsersCreate,
+    UsersCreated,
+    UserSegments,
+    UserSegmentsExpanded,
+)
+from service.store import AddItem, Membership, Store
+
+PathUserId = Annotated[int, Parameter(ge=1, le=MAX_USER_ID, description="User id")]
+
+
+def expanded(user_id: int, memberships: list[Membership]) -> UserSegmentsExpanded:
+    return UserSegmentsExpanded(
+        user_id=user_id,
+        segments=[
+            ExpandedMembership(
+                slug=m.slug, expires_at=to_datetime(m.deadline_ms) if m.deadline_ms else None
+            )
+            for m in memberships
+        ],
+    )
+
+
+def plain(user_id: int, memberships: list[Membership]) -> UserSegments:
+    return UserSegments(user_id=user_id, segments=[m.slug for m in memberships])
+
+
+class UserController(Controller):
+    path = "/api/v1/users"
+    tags = ["users"]
+
+    @post("/", status_code=200, summary="Register users (1 to 10,000 ids)")
+    async def register(self, data: UsersCreate, store: Store) -> UsersCreated:
+        return UsersCreated(created=await store.register_users(data.user_ids))
+
+    @delete(
+        "/{user_id:str}",
+        summary="Forget a user",
+        description="Every membership ends (history reason `user_deleted`). Idempotent.",
+    )
+    async def forget(self, user_id: PathUserId, store: Store) -> None:
+        await store.delete_user(user_id)
+
+    @get(
+        "/{user_id:str}/segments",
+        summary="The user's segments",
+        description="Sorted slugs; an unknown user has none (not an error). With "
+        "`expand=true`, objects with the deadline (`expires_at`, null for none).",
+    )
+    async def segments(
+        self, user_id: PathUserId, store: Store, expand: bool = False
+    ) -> UserSegments | UserSegmentsExpanded:
+        memberships = await store.user_segments(user_id)
+        return expanded(user_id, memberships) if expand else plain(user_id, memberships)
+
+    @post(
+        "/{user_id:str}/segments",
+        status_code=200,
+        summary="Add and remove the user's segments, atomically",
+        description="An add item is a slug, or `{slug, ttl_seconds}` or `{slug, "
+        "expires_at}`. All of the change applies or none of it. Answers the user's "
+        "segments after the change.",
+        responses={404: ResponseSpec(ErrorBody, description="Unknown segment(s), named")},
+    )
+    async def change(
+        self, user_id: PathUserId, data: ChangeRequest, store: Store
+    ) -> UserSegments:
+        now = store.clock()
+        adds: list[AddItem] = []
+        for item in data.add:
+            if isinstance(item, str):
+                adds.append(AddItem(item, 0))
+            elif item.ttl_seconds is not None:
+                adds.append(AddItem(item.slug, now + item.ttl_seconds * 1000))
+            elif item.expires_at is not None:
+                deadline = from_datetime(item.expires_at)
+                if deadline <= now:
+                    raise InvalidRequest(
+                        f"expires_at of {item.slug} is not in the future", {"slug": item.slug}
+                    )
+                adds.append(AddItem(item.slug, deadline))
+            else:
+                adds.append(AddItem(item.slug, 0))
+        memberships = await store.change_user_segments(user_id, adds, data.remove)
+        return plain(user_id, memberships)
+
+    @post(
+        "/lookup",
+        status_code=200,
+        summary="Segments of many users (1 to 1,000 ids), in request order",
+    )
+    async def lookup(self, data: LookupRequest, store: Store) -> LookupResponse:
+        results = await store.lookup(data.user_ids)
+        return LookupResponse(
+            users=[plain(uid, m) for uid, m in zip(data.user_ids, results, strict=True)]
+        )

