@@ -74,8 +74,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             yield
         finally:
             upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+            # Bounded: a task cancelled while redis-py is opening a connection
+            # can take long to unwind, and shutdown must not hang on it.
+            await asyncio.wait([upkeep], timeout=1.0)
             await redis.aclose()
 
     def provide_store(state: State) -> Store:

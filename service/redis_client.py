@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 CONNECT_TIMEOUT_S = 0.5
 """A Redis that does not accept a connection this fast is treated as down (503)."""
@@ -20,7 +21,11 @@ async def connect(url: str, *, max_connections: int = 256) -> Any:
         "decode_responses": True,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": COMMAND_TIMEOUT_S,
+        # One quick reconnect hides a restarted server or a dropped idle
+        # connection; a Redis that stays down answers 503 within milliseconds.
+        # Every script is idempotent in effect, so a repeated call is safe.
         "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
+        "retry_on_error": [RedisConnectionError],
     }
     probe = Redis.from_url(url, **options)
     try:

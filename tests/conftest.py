@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -145,3 +146,65 @@ def private_redis() -> Iterator[EmbeddedRedis]:
     """
     with _embedded_redis() as server:
         yield server
+
+
+# --- the service under test ---------------------------------------------------
+
+
+class ManualClock:
+    """A clock the test moves by hand (ms since the epoch), for deadlines."""
+
+    def __init__(self, start_ms: int) -> None:
+        self.now_ms = start_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    from service.clock import wall_clock_ms
+
+    return ManualClock(wall_clock_ms())
+
+
+@pytest.fixture
+def client(clean_redis_url: str) -> Iterator[Any]:
+    """The HTTP API on a clean Redis, with the wall clock."""
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(redis_url=clean_redis_url, sweep_interval_s=0.2))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def clocked_client(clean_redis_url: str, clock: ManualClock) -> Iterator[Any]:
+    """The HTTP API on a clean Redis, with time driven by ``clock``."""
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(redis_url=clean_redis_url, sweep_interval_s=0.2), clock=clock)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def store(clean_redis_url: str, clock: ManualClock) -> AsyncIterator[Any]:
+    """The domain layer on a clean Redis, with time driven by ``clock``."""
+    from service.redis_client import connect
+    from service.store import Store
+
+    redis = await connect(clean_redis_url)
+    try:
+        yield Store(redis, clock=clock)
+    finally:
+        await redis.aclose()

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import msgspec
 import psycopg
 from litestar import Request, get
+from litestar.di import NamedDependency
 from litestar.exceptions import ServiceUnavailableException
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
@@ -73,8 +74,9 @@ Period = Annotated[
 )
 async def report_link(
     request: Request[object, object, object],
-    settings: Settings,
-    redis: Any,  # Redis or RedisCluster; a union of classes is not a valid DI annotation
+    settings: NamedDependency[Settings],
+    # Redis or RedisCluster; a union of two classes is no valid DI annotation.
+    redis: NamedDependency[Any],
     period: Period,
     user_id: Annotated[
         int | None, QueryParameter(ge=1, le=MAX_USER_ID, description="Only this user's events")
@@ -118,8 +120,8 @@ async def report_link(
     opt={"public": True},
 )
 async def report_csv(
-    settings: Settings,
-    pg: AsyncConnectionPool,
+    settings: NamedDependency[Settings],
+    pg: NamedDependency[AsyncConnectionPool],
     period: FromQuery[str | None] = None,
     user_id: FromQuery[str | None] = None,
     segment: FromQuery[str | None] = None,
