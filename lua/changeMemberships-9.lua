@@ -65,7 +65,7 @@ if #slugs > 0 then
 end
 
 registerUser(usersKey, userKey, segSlugKey, segPctKey, countsKey, stream, uid, now)
-expireUser(userKey, segSlugKey, segDyingKey, countsKey, dueKey, stream, uid, now)
+expireUser(userKey, segSlugKey, segPctKey, segDyingKey, countsKey, dueKey, stream, uid, now)
 
 for i = nAdd + 1, #slugs do
   local id = ids[i]

@@ -24,7 +24,7 @@ local rcall = redis.call
 local uid = requireUserId(ARGV[1])
 local now = requireNumber(ARGV[2], 'now')
 
-expireUser(userKey, segSlugKey, segDyingKey, countsKey, dueKey, stream, uid, now)
+expireUser(userKey, segSlugKey, nil, segDyingKey, countsKey, dueKey, stream, uid, now)
 local removed = 0
 local fields = rcall('HGETALL', userKey)
 for i = 1, #fields, 2 do

@@ -30,6 +30,7 @@ from service.errors import DomainError
 from service.redis_client import connect
 from service.settings import Settings, load
 from service.store import Store
+from service.strict import strict_body
 
 MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger("segments.api")
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             create_static_files_router(path="/schema/assets", directories=[assets]),
         ],
         guards=[require_token],
+        before_request=strict_body,
         dependencies={
             "store": Provide(provide_store, sync_to_thread=False),
             "redis": Provide(provide_redis, sync_to_thread=False),

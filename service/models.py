@@ -38,8 +38,8 @@ Percent = Annotated[
 def percent_x100(value: float) -> int:
     """The percent in hundredths, rejecting more than two decimals."""
     scaled = round(value * 100)
-    if abs(value * 100 - scaled) > 1e-6:
-        raise ValueError("percent has more than two decimals")
+    if abs(value * 100 - scaled) > 1e-6 or scaled < 1:
+        raise ValueError("percent must be at least 0.01, with two decimals at most")
     return scaled
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from redis.exceptions import NoScriptError
@@ -22,12 +22,18 @@ from service.errors import SegmentExists, SegmentNotFound, UnknownSegments
 from service.keys import GLOBAL, SHARD_KEYS, ShardKeys
 from service.scripts import LuaScript, load_scripts
 
-PURGE_SCAN_COUNT = 2_000
+PURGE_SCAN_COUNT = 1_000
 """Users looked at per purge call: keeps one call to a few milliseconds."""
-ROLLOUT_SCAN_COUNT = 2_000
+ROLLOUT_SCAN_COUNT = 1_000
 """Users looked at per rollout call (a SHA-1 each): a few milliseconds."""
+BULK_SHARDS_IN_FLIGHT = 2
+"""Shards a rollout or purge works on at once. Redis runs one script at a
+time: with all 16 queued, a lookup waited behind 16 calls (~330 ms at 1M
+users); with 2 it waits behind at most 2 (~20 ms), for the same total time."""
 SWEEP_LIMIT = 1_000
 """Due memberships expired per sweeper call."""
+
+_T = TypeVar("_T")
 
 
 class Membership(NamedTuple):
@@ -88,7 +94,7 @@ class Store:
         now = self.clock()
         reply = await self.scripts["createSegment"](
             self.redis,
-            [GLOBAL.segments, GLOBAL.next_id, GLOBAL.events],
+            [GLOBAL.segments, GLOBAL.next_id, GLOBAL.events, GLOBAL.rollouts],
             [slug, description, percent_x100, now],
         )
         if reply[0] == 1:
@@ -105,7 +111,7 @@ class Store:
         """Changes what is given (None: unchanged; percent 0 ends the rollout)."""
         reply = await self.scripts["updateSegment"](
             self.redis,
-            [GLOBAL.segments, GLOBAL.events],
+            [GLOBAL.segments, GLOBAL.events, GLOBAL.rollouts],
             [
                 slug,
                 "0" if description is None else "1",
@@ -144,7 +150,7 @@ class Store:
                 for k in SHARD_KEYS
             )
         )
-        await asyncio.gather(*(self._purge_shard(k, segment_id) for k in SHARD_KEYS))
+        await self._each_shard_bounded(lambda k: self._purge_shard(k, segment_id))
         await self.redis.hdel(GLOBAL.deleting, str(segment_id))
 
     async def _purge_shard(self, k: ShardKeys, segment_id: int) -> None:
@@ -180,15 +186,29 @@ class Store:
             )
         )
 
+    async def _each_shard_bounded(
+        self, work: Callable[[ShardKeys], Awaitable[_T]]
+    ) -> list[_T]:
+        """Runs ``work`` for every shard, at most BULK_SHARDS_IN_FLIGHT at once."""
+        gate = asyncio.Semaphore(BULK_SHARDS_IN_FLIGHT)
+
+        async def gated(k: ShardKeys) -> _T:
+            async with gate:
+                return await work(k)
+
+        return await asyncio.gather(*(gated(k) for k in SHARD_KEYS))
+
     async def _rollout(self, segment: Segment) -> tuple[int, int]:
         """Makes the segment's current percent true of every known user.
 
-        Returns (added, removed). Marked in ``{g}:rollouts`` while it runs, so
-        that ``repair`` resumes it if this process dies.
+        Returns (added, removed). The catalogue script marked the rollout in
+        ``{g}:rollouts``; the mark goes only when it is done, so ``repair``
+        resumes it if this process dies.
         """
-        await self.redis.hset(GLOBAL.rollouts, str(segment.id), segment.slug)
-        results = await asyncio.gather(*(self._rollout_shard(k, segment.id) for k in SHARD_KEYS))
-        await self.redis.hdel(GLOBAL.rollouts, str(segment.id))
+        results = await self._each_shard_bounded(lambda k: self._rollout_shard(k, segment.id))
+        await self.scripts["finishRollout"](
+            self.redis, [GLOBAL.rollouts], [segment.id, segment.rev]
+        )
         return sum(r[0] for r in results), sum(r[1] for r in results)
 
     async def _rollout_shard(self, k: ShardKeys, segment_id: int) -> tuple[int, int]:
@@ -330,7 +350,7 @@ class Store:
                 n = int(
                     await expire(
                         self.redis,
-                        [k.due, k.seg_slug, k.seg_dying, k.counts, k.events],
+                        [k.due, k.seg_slug, k.seg_dying, k.counts, k.events, k.seg_pct],
                         [k.user_prefix, now, SWEEP_LIMIT],
                     )
                 )

@@ -68,10 +68,23 @@ local function registerUser(usersKey, userKey, segSlugKey, segPctKey, countsKey,
   return 1
 end
 
+-- A membership ends at its deadline. A user in the cohort of a percent
+-- segment keeps the marker "x", so rollouts leave them out (as after a
+-- removal by hand) instead of adding them back at the next ramp.
+local function endMembership(userKey, segPctKey, id, slug, uid)
+  local pct = segPctKey and rcall('HGET', segPctKey, id)
+  if pct and inCohort(slug, uid, tonumber(pct)) then
+    rcall('HSET', userKey, id, 'x')
+  else
+    rcall('HDEL', userKey, id)
+  end
+end
+
 -- Removes the user's memberships whose deadline has passed, each with its
 -- `ttl` event at the deadline. Memberships of dying segments are left to the
--- purge unless their deadline came first.
-local function expireUser(userKey, segSlugKey, segDyingKey, countsKey, dueKey, stream, uid, now)
+-- purge unless their deadline came first. segPctKey may be nil when the
+-- caller forgets the user anyway.
+local function expireUser(userKey, segSlugKey, segPctKey, segDyingKey, countsKey, dueKey, stream, uid, now)
   local fields = rcall('HGETALL', userKey)
   for i = 1, #fields, 2 do
     local id, deadline = fields[i], deadlineOf(fields[i + 1])
@@ -79,12 +92,13 @@ local function expireUser(userKey, segSlugKey, segDyingKey, countsKey, dueKey, s
       local slug = rcall('HGET', segSlugKey, id)
       local dying = (not slug) and rcall('HGET', segDyingKey, id)
       if slug or (dying and deadline <= parseDying(dying)) then
-        rcall('HDEL', userKey, id)
         rcall('ZREM', dueKey, uid .. ':' .. id)
         if slug then
+          endMembership(userKey, segPctKey, id, slug, uid)
           rcall('HINCRBY', countsKey, id, -1)
           emit(stream, uid, slug, 'remove', deadline, 'ttl')
         else
+          rcall('HDEL', userKey, id)
           dyingRemoval(stream, uid, dying, deadline)
         end
       end

@@ -8,6 +8,7 @@
   KEYS[3] {sNN}:seg:dying  deleted segments being purged, id -> "<ms>:<slug>"
   KEYS[4] {sNN}:cnt        members per segment id
   KEYS[5] {sNN}:events     history stream
+  KEYS[6] {sNN}:seg:pct    percent segments, id -> percent x 100
   ARGV[1] user key prefix, "{sNN}:u:"
   ARGV[2] now, ms since epoch
   ARGV[3] limit, entries per call
@@ -15,7 +16,8 @@
   Returns the number of due entries handled (LIMIT means: call again).
   Errors: BADARG when an argument is malformed (nothing is changed).
 ]]
-local dueKey, segSlugKey, segDyingKey, countsKey, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local dueKey, segSlugKey, segDyingKey, countsKey, stream, segPctKey =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local rcall = redis.call
 --- @include "common"
 
@@ -34,7 +36,7 @@ for i = 1, #due, 2 do
   if state and tonumber(state) == deadline then
     local slug = rcall('HGET', segSlugKey, id)
     if slug then
-      rcall('HDEL', userKey, id)
+      endMembership(userKey, segPctKey, id, slug, uid)
       rcall('HINCRBY', countsKey, id, -1)
       emit(stream, uid, slug, 'remove', deadline, 'ttl')
     else

@@ -5,6 +5,7 @@
 
   KEYS[1] {g}:segments  slug -> JSON {id, description, pct, created_at, rev}
   KEYS[2] {g}:events    segment lifecycle stream
+  KEYS[3] {g}:rollouts  id -> revision of a percent rollout still to run
   ARGV[1] slug
   ARGV[2] "1" to set the description, else "0"
   ARGV[3] description
@@ -15,7 +16,7 @@
   Returns {0, JSON} or {2} when there is no such segment.
   Errors: BADARG when an argument is malformed (nothing is changed).
 ]]
-local segmentsKey, stream = KEYS[1], KEYS[2]
+local segmentsKey, stream, rolloutsKey = KEYS[1], KEYS[2], KEYS[3]
 local rcall = redis.call
 --- @include "common"
 
@@ -33,6 +34,8 @@ if ARGV[4] == '1' then doc.pct = pct end
 doc.rev = (doc.rev or 1) + 1
 raw = cjson.encode(doc)
 rcall('HSET', segmentsKey, slug, raw)
+-- Marked in the same script, so a crash before the rollout is repaired.
+if ARGV[4] == '1' then rcall('HSET', rolloutsKey, doc.id, doc.rev) end
 rcall('XADD', stream, '*', 'o', 'changed', 's', slug, 't', now, 'p', percentText(doc.pct),
   'desc', doc.description, 'id', doc.id)
 return {0, raw}

@@ -6,6 +6,7 @@
   KEYS[1] {g}:segments  slug -> JSON {id, description, pct, created_at, rev}
   KEYS[2] {g}:nextid    last id handed out
   KEYS[3] {g}:events    segment lifecycle stream
+  KEYS[4] {g}:rollouts  id -> revision of a percent rollout still to run
   ARGV[1] slug
   ARGV[2] description
   ARGV[3] percent x 100 (1 .. 10000), 0 for none
@@ -14,7 +15,7 @@
   Returns {0, JSON} or {1} when the slug exists.
   Errors: BADARG when an argument is malformed (nothing is changed).
 ]]
-local segmentsKey, nextIdKey, stream = KEYS[1], KEYS[2], KEYS[3]
+local segmentsKey, nextIdKey, stream, rolloutsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rcall = redis.call
 --- @include "common"
 
@@ -27,5 +28,7 @@ if rcall('HEXISTS', segmentsKey, slug) == 1 then return {1} end
 local id = rcall('INCR', nextIdKey)
 local doc = cjson.encode({id = id, description = description, pct = pct, created_at = now, rev = 1})
 rcall('HSET', segmentsKey, slug, doc)
+-- Marked in the same script, so a crash before the rollout is repaired.
+if pct > 0 then rcall('HSET', rolloutsKey, id, 1) end
 rcall('XADD', stream, '*', 'o', 'created', 's', slug, 't', now, 'p', percentText(pct), 'desc', description, 'id', id)
 return {0, doc}
