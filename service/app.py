@@ -16,11 +16,12 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
+from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from swagger_ui_bundle import swagger_ui_path
 
-from service import sweeper
+from service import hotpath, sweeper
 from service.api.ops import OPS_ROUTES
 from service.api.segments import SegmentController
 from service.api.users import UserController
@@ -28,6 +29,7 @@ from service.auth import require_token
 from service.clock import Clock, wall_clock_ms
 from service.errors import DomainError
 from service.redis_client import connect
+from service.resp import RespConnection
 from service.settings import Settings, load
 from service.store import Store
 from service.strict import strict_body
@@ -53,6 +55,17 @@ def _redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
     )
 
 
+class SegmentsApp(Litestar):
+    """Litestar, with the lookup hot path answered before routing (service.hotpath)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            store = getattr(self.state, "store", None)
+            if store is not None and await hotpath.answer(scope, send, store, self.state.settings):
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms) -> Litestar:
     """The app; resources open in its lifespan. ``clock`` lets tests drive time."""
     settings = settings or load()
@@ -63,7 +76,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = await connect(redis_url)
-        store = Store(redis, clock=clock)
+        # Scripts go through the lean pipelined connection on a single Redis;
+        # a Cluster is left to redis-py, which routes by key.
+        fast = (
+            None
+            if isinstance(redis, RedisCluster) or not redis_url.startswith("redis://")
+            else RespConnection(redis_url)
+        )
+        store = Store(redis, clock=clock, scripts_via=fast)
         app.state.redis = redis
         app.state.store = store
         upkeep = asyncio.create_task(sweeper.run(store, settings.sweep_interval_s))
@@ -78,6 +98,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             # Bounded: a task cancelled while redis-py is opening a connection
             # can take long to unwind, and shutdown must not hang on it.
             await asyncio.wait([upkeep], timeout=1.0)
+            if fast is not None:
+                await fast.aclose()
             await redis.aclose()
 
     def provide_store(state: State) -> Store:
@@ -90,7 +112,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
         return state.settings  # type: ignore[no-any-return]
 
     assets = swagger_ui_path
-    return Litestar(
+    return SegmentsApp(
         route_handlers=[
             SegmentController,
             UserController,

@@ -80,8 +80,12 @@ def _segment(slug: str, raw: str) -> Segment:
 class Store:
     """The service's state, in one Redis or one Redis Cluster."""
 
-    def __init__(self, redis: Any, clock: Clock = wall_clock_ms) -> None:
+    def __init__(self, redis: Any, clock: Clock = wall_clock_ms, scripts_via: Any = None) -> None:
+        """``redis``: a redis-py client (single or Cluster) for plain commands;
+        ``scripts_via``: where scripts run, e.g. a ``service.resp.RespConnection``
+        to the same single Redis (default: ``redis``)."""
         self.redis = redis
+        self.conn = redis if scripts_via is None else scripts_via
         self.clock = clock
         self.scripts: dict[str, LuaScript] = load_scripts()
         s = self.scripts
@@ -93,7 +97,7 @@ class Store:
     async def create_segment(self, slug: str, description: str, percent_x100: int) -> Segment:
         now = self.clock()
         reply = await self.scripts["createSegment"](
-            self.redis,
+            self.conn,
             [GLOBAL.segments, GLOBAL.next_id, GLOBAL.events, GLOBAL.rollouts],
             [slug, description, percent_x100, now],
         )
@@ -110,7 +114,7 @@ class Store:
     ) -> Segment:
         """Changes what is given (None: unchanged; percent 0 ends the rollout)."""
         reply = await self.scripts["updateSegment"](
-            self.redis,
+            self.conn,
             [GLOBAL.segments, GLOBAL.events, GLOBAL.rollouts],
             [
                 slug,
@@ -132,7 +136,7 @@ class Store:
     async def delete_segment(self, slug: str) -> None:
         now = self.clock()
         reply = await self.scripts["deleteSegment"](
-            self.redis, [GLOBAL.segments, GLOBAL.deleting, GLOBAL.events], [slug, now]
+            self.conn, [GLOBAL.segments, GLOBAL.deleting, GLOBAL.events], [slug, now]
         )
         if reply[0] == 2:
             raise SegmentNotFound(f"segment {slug} not found", {"slug": slug})
@@ -143,7 +147,7 @@ class Store:
         await asyncio.gather(
             *(
                 retire(
-                    self.redis,
+                    self.conn,
                     [k.seg_id, k.seg_slug, k.seg_pct, k.seg_hi, k.seg_dying, k.seg_rev],
                     [segment_id, slug, deleted_at],
                 )
@@ -158,7 +162,7 @@ class Store:
         cursor = "0"
         while True:
             cursor = await purge(
-                self.redis,
+                self.conn,
                 [k.users, k.seg_dying, k.seg_dead, k.counts, k.due, k.events],
                 [k.user_prefix, segment_id, cursor, PURGE_SCAN_COUNT],
             )
@@ -170,7 +174,7 @@ class Store:
         await asyncio.gather(
             *(
                 register(
-                    self.redis,
+                    self.conn,
                     [
                         k.seg_id,
                         k.seg_slug,
@@ -207,7 +211,7 @@ class Store:
         """
         results = await self._each_shard_bounded(lambda k: self._rollout_shard(k, segment.id))
         await self.scripts["finishRollout"](
-            self.redis, [GLOBAL.rollouts], [segment.id, segment.rev]
+            self.conn, [GLOBAL.rollouts], [segment.id, segment.rev]
         )
         return sum(r[0] for r in results), sum(r[1] for r in results)
 
@@ -216,7 +220,7 @@ class Store:
         cursor, added, removed = "0", 0, 0
         while True:
             cursor, a, r = await rollout(
-                self.redis,
+                self.conn,
                 [k.users, k.seg_slug, k.seg_pct, k.seg_hi, k.counts, k.events],
                 [k.user_prefix, segment_id, cursor, ROLLOUT_SCAN_COUNT, self.clock()],
             )
@@ -263,7 +267,7 @@ class Store:
         created = await asyncio.gather(
             *(
                 register(
-                    self.redis,
+                    self.conn,
                     [k.users, k.seg_slug, k.seg_pct, k.counts, k.events],
                     [k.user_prefix, now, *by_shard[k.shard]],
                 )
@@ -277,7 +281,7 @@ class Store:
         k = keys.for_user(user_id)
         return int(
             await self.scripts["deleteUser"](
-                self.redis,
+                self.conn,
                 [k.user(user_id), k.users, k.seg_slug, k.seg_dying, k.counts, k.due, k.events],
                 [user_id, self.clock()],
             )
@@ -288,7 +292,7 @@ class Store:
         return [k.user(user_id), k.users, k.seg_slug, k.seg_pct, k.counts, k.events]
 
     async def user_segments(self, user_id: int) -> list[Membership]:
-        flat = await self._get(self.redis, self._get_keys(user_id), [user_id, self.clock()])
+        flat = await self._get(self.conn, self._get_keys(user_id), [user_id, self.clock()])
         return _memberships(flat)
 
     async def lookup(self, user_ids: Sequence[int]) -> list[list[Membership]]:
@@ -319,7 +323,7 @@ class Store:
             args += (item.slug, item.deadline_ms)
         args += remove
         reply = await self._change(
-            self.redis,
+            self.conn,
             [
                 k.user(user_id),
                 k.users,
@@ -349,7 +353,7 @@ class Store:
             while True:
                 n = int(
                     await expire(
-                        self.redis,
+                        self.conn,
                         [k.due, k.seg_slug, k.seg_dying, k.counts, k.events, k.seg_pct],
                         [k.user_prefix, now, SWEEP_LIMIT],
                     )
