@@ -27,7 +27,7 @@ from service.api.segments import SegmentController
 from service.api.users import UserController
 from service.auth import require_token
 from service.clock import Clock, wall_clock_ms
-from service.errors import DomainError
+from service.errors import DomainError, error_body
 from service.redis_client import connect
 from service.resp import RespConnection
 from service.settings import Settings, load
@@ -39,10 +39,7 @@ log = logging.getLogger("segments.api")
 
 
 def _domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
-    if exc.extra:
-        body["extra"] = exc.extra
-    return Response(body, status_code=exc.status_code, media_type=MediaType.JSON)
+    return Response(error_body(exc), status_code=exc.status_code, media_type=MediaType.JSON)
 
 
 def _redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -59,9 +56,10 @@ class SegmentsApp(Litestar):
     """Litestar, with the lookup hot path answered before routing (service.hotpath)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            store = getattr(self.state, "store", None)
-            if store is not None and await hotpath.answer(scope, send, store, self.state.settings):
+        fast = getattr(self.state, "hot_path", None)
+        if fast is not None and scope["type"] == "http":
+            receive = await fast.handle(scope, receive, send)
+            if receive is None:
                 return
         await super().__call__(scope, receive, send)
 
@@ -86,6 +84,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
         store = Store(redis, clock=clock, scripts_via=fast)
         app.state.redis = redis
         app.state.store = store
+        app.state.hot_path = hotpath.HotPath(store, settings)
         upkeep = asyncio.create_task(sweeper.run(store, settings.sweep_interval_s))
         # Objects made at start-up live for ever: keep the collector off them,
         # which takes the long GC pauses out of the latency tail.

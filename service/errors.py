@@ -14,6 +14,14 @@ class DomainError(Exception):
         self.extra = extra or {}
 
 
+def error_body(exc: DomainError) -> dict[str, object]:
+    """The JSON body of an error answer: the same shape as Litestar's own."""
+    body: dict[str, object] = {"status_code": exc.status_code, "detail": exc.detail}
+    if exc.extra:
+        body["extra"] = exc.extra
+    return body
+
+
 class SegmentExists(DomainError):
     status_code = 409
 

@@ -43,6 +43,27 @@ def plain(user_id: int, memberships: list[Membership]) -> UserSegments:
     return UserSegments(user_id=user_id, segments=[m.slug for m in memberships])
 
 
+async def apply_change(store: Store, user_id: int, data: ChangeRequest) -> UserSegments:
+    """A validated change request, applied: shared by the handler and the hot path."""
+    now = store.clock()
+    adds: list[AddItem] = []
+    for item in data.add:
+        if isinstance(item, str):
+            adds.append(AddItem(item, 0))
+        elif item.ttl_seconds is not None:
+            adds.append(AddItem(item.slug, now + item.ttl_seconds * 1000))
+        elif item.expires_at is not None:
+            deadline = from_datetime(item.expires_at)
+            if deadline <= now:
+                raise InvalidRequest(
+                    f"expires_at of {item.slug} is not in the future", {"slug": item.slug}
+                )
+            adds.append(AddItem(item.slug, deadline))
+        else:
+            adds.append(AddItem(item.slug, 0))
+    return plain(user_id, await store.change_user_segments(user_id, adds, data.remove))
+
+
 class UserController(Controller):
     path = "/api/v1/users"
     tags = ["users"]
@@ -83,24 +104,7 @@ class UserController(Controller):
     async def change(
         self, user_id: PathUserId, data: ChangeRequest, store: Store
     ) -> UserSegments:
-        now = store.clock()
-        adds: list[AddItem] = []
-        for item in data.add:
-            if isinstance(item, str):
-                adds.append(AddItem(item, 0))
-            elif item.ttl_seconds is not None:
-                adds.append(AddItem(item.slug, now + item.ttl_seconds * 1000))
-            elif item.expires_at is not None:
-                deadline = from_datetime(item.expires_at)
-                if deadline <= now:
-                    raise InvalidRequest(
-                        f"expires_at of {item.slug} is not in the future", {"slug": item.slug}
-                    )
-                adds.append(AddItem(item.slug, deadline))
-            else:
-                adds.append(AddItem(item.slug, 0))
-        memberships = await store.change_user_segments(user_id, adds, data.remove)
-        return plain(user_id, memberships)
+        return await apply_change(store, user_id, data)
 
     @post(
         "/lookup",
