@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from litestar import MediaType, Response, get
+from litestar.di import NamedDependency
 from redis.exceptions import RedisError
 
 from service.metrics import render_metrics
@@ -19,10 +20,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get(
-    "/readyz", summary="Redis reachable; 503 when not", tags=["operations"], opt={"public": True}
-)
-async def readyz(store: Store) -> Response[dict[str, Any]]:
+@get("/readyz", summary="Redis reachable; 503 when not", tags=["operations"], opt={"public": True})
+async def readyz(store: NamedDependency[Store]) -> Response[dict[str, Any]]:
     checks: dict[str, Any] = {}
     try:
         await asyncio.wait_for(store.redis.ping(), READY_TIMEOUT_S)
@@ -31,7 +30,8 @@ async def readyz(store: Store) -> Response[dict[str, Any]]:
         checks["redis"] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return Response(
-        {"ready": ready, "checks": checks}, status_code=200 if ready else 503,
+        {"ready": ready, "checks": checks},
+        status_code=200 if ready else 503,
         media_type=MediaType.JSON,
     )
 
@@ -43,7 +43,7 @@ async def readyz(store: Store) -> Response[dict[str, Any]]:
     media_type=MediaType.TEXT,
     opt={"public": True},
 )
-async def metrics(store: Store) -> Response[bytes]:
+async def metrics(store: NamedDependency[Store]) -> Response[bytes]:
     body, content_type = await render_metrics(store)
     return Response(body, media_type=content_type)
 

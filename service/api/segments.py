@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from msgspec import UNSET
@@ -47,16 +48,16 @@ class SegmentController(Controller):
         "when they fall in the cohort.",
         responses={409: ResponseSpec(ErrorBody, description="The slug exists")},
     )
-    async def create(self, data: SegmentCreate, store: Store) -> SegmentOut:
+    async def create(self, data: SegmentCreate, store: NamedDependency[Store]) -> SegmentOut:
         pct = percent_x100(data.percent) if data.percent is not None else 0
         return segment_out(await store.create_segment(data.slug, data.description, pct))
 
     @get("/", summary="All segments, sorted by slug")
-    async def list_all(self, store: Store) -> SegmentList:
+    async def list_all(self, store: NamedDependency[Store]) -> SegmentList:
         return SegmentList(segments=[segment_out(s) for s in await store.list_segments()])
 
     @get("/{slug:str}", summary="One segment", responses=NOT_FOUND)
-    async def read(self, slug: PathSlug, store: Store) -> SegmentOut:
+    async def read(self, slug: PathSlug, store: NamedDependency[Store]) -> SegmentOut:
         return segment_out(await store.get_segment(slug))
 
     @patch(
@@ -67,7 +68,9 @@ class SegmentController(Controller):
         "outside. Users added by hand are never touched.",
         responses=NOT_FOUND,
     )
-    async def change(self, slug: PathSlug, data: SegmentPatch, store: Store) -> SegmentOut:
+    async def change(
+        self, slug: PathSlug, data: SegmentPatch, store: NamedDependency[Store]
+    ) -> SegmentOut:
         percent = None
         if data.percent is not UNSET:
             percent = percent_x100(data.percent) if data.percent is not None else 0
@@ -83,5 +86,5 @@ class SegmentController(Controller):
         "returns; the slug can be created again and starts empty.",
         responses=NOT_FOUND,
     )
-    async def remove(self, slug: PathSlug, store: Store) -> None:
+    async def remove(self, slug: PathSlug, store: NamedDependency[Store]) -> None:
         await store.delete_segment(slug)

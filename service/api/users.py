@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
@@ -69,7 +70,7 @@ class UserController(Controller):
     tags = ["users"]
 
     @post("/", status_code=200, summary="Register users (1 to 10,000 ids)")
-    async def register(self, data: UsersCreate, store: Store) -> UsersCreated:
+    async def register(self, data: UsersCreate, store: NamedDependency[Store]) -> UsersCreated:
         return UsersCreated(created=await store.register_users(data.user_ids))
 
     @delete(
@@ -77,7 +78,7 @@ class UserController(Controller):
         summary="Forget a user",
         description="Every membership ends (history reason `user_deleted`). Idempotent.",
     )
-    async def forget(self, user_id: PathUserId, store: Store) -> None:
+    async def forget(self, user_id: PathUserId, store: NamedDependency[Store]) -> None:
         await store.delete_user(user_id)
 
     @get(
@@ -87,7 +88,7 @@ class UserController(Controller):
         "`expand=true`, objects with the deadline (`expires_at`, null for none).",
     )
     async def segments(
-        self, user_id: PathUserId, store: Store, expand: bool = False
+        self, user_id: PathUserId, store: NamedDependency[Store], expand: bool = False
     ) -> UserSegments | UserSegmentsExpanded:
         memberships = await store.user_segments(user_id)
         return expanded(user_id, memberships) if expand else plain(user_id, memberships)
@@ -102,7 +103,7 @@ class UserController(Controller):
         responses={404: ResponseSpec(ErrorBody, description="Unknown segment(s), named")},
     )
     async def change(
-        self, user_id: PathUserId, data: ChangeRequest, store: Store
+        self, user_id: PathUserId, data: ChangeRequest, store: NamedDependency[Store]
     ) -> UserSegments:
         return await apply_change(store, user_id, data)
 
@@ -111,7 +112,7 @@ class UserController(Controller):
         status_code=200,
         summary="Segments of many users (1 to 1,000 ids), in request order",
     )
-    async def lookup(self, data: LookupRequest, store: Store) -> LookupResponse:
+    async def lookup(self, data: LookupRequest, store: NamedDependency[Store]) -> LookupResponse:
         results = await store.lookup(data.user_ids)
         return LookupResponse(
             users=[plain(uid, m) for uid, m in zip(data.user_ids, results, strict=True)]
