@@ -6,22 +6,26 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ServiceUnavailableException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from swagger_ui_bundle import swagger_ui_path
 
 from service import hotpath, sweeper
+from service.api.history import ROUTES as HISTORY_ROUTES
 from service.api.ops import OPS_ROUTES
 from service.api.segments import SegmentController
 from service.api.users import UserController
@@ -70,6 +74,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
     if settings.redis_url is None:
         raise RuntimeError("REDIS_URL is not set (`segments dev` starts an embedded Redis)")
     redis_url = settings.redis_url
+    if settings.signing_key is None:
+        # Links then work only with this process: fine for one process, and
+        # `segments dev` keeps a key in its data folder. Say so once.
+        log.warning("SEGMENTS_SIGNING_KEY is not set: report links are signed with a random key")
+        settings = msgspec.structs.replace(settings, signing_key=secrets.token_bytes(32))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -85,6 +94,19 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
         app.state.redis = redis
         app.state.store = store
         app.state.hot_path = hotpath.HotPath(store, settings)
+        pg = None
+        if settings.database_url is not None:
+            pg = AsyncConnectionPool(
+                settings.database_url,
+                min_size=1,
+                max_size=8,
+                timeout=5,
+                kwargs={"autocommit": True},
+                open=False,
+            )
+            # Not waiting: the API serves lookups while PostgreSQL is down.
+            await pg.open(wait=False)
+        app.state.pg = pg
         upkeep = asyncio.create_task(sweeper.run(store, settings.sweep_interval_s))
         # Objects made at start-up live for ever: keep the collector off them,
         # which takes the long GC pauses out of the latency tail.
@@ -99,6 +121,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             await asyncio.wait([upkeep], timeout=1.0)
             if fast is not None:
                 await fast.aclose()
+            if pg is not None:
+                await pg.close()
             await redis.aclose()
 
     def provide_store(state: State) -> Store:
@@ -110,12 +134,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
     def provide_settings(state: State) -> Settings:
         return state.settings  # type: ignore[no-any-return]
 
+    def provide_pg(state: State) -> AsyncConnectionPool:
+        if state.pg is None:
+            raise ServiceUnavailableException("history database not configured (DATABASE_URL)")
+        return state.pg  # type: ignore[no-any-return]
+
     assets = swagger_ui_path
     return SegmentsApp(
         route_handlers=[
             SegmentController,
             UserController,
             *OPS_ROUTES,
+            *HISTORY_ROUTES,
             create_static_files_router(path="/schema/assets", directories=[assets]),
         ],
         guards=[require_token],
@@ -124,6 +154,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             "store": Provide(provide_store, sync_to_thread=False),
             "redis": Provide(provide_redis, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
+            "pg": Provide(provide_pg, sync_to_thread=False),
         },
         exception_handlers={
             DomainError: _domain_error,
@@ -131,7 +162,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             RedisTimeoutError: _redis_down,
         },
         lifespan=[lifespan],
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "pg": None}),
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="Segments",

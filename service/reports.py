@@ -21,7 +21,7 @@ import hmac
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import msgspec
 from psycopg import sql
@@ -241,7 +241,7 @@ def report_sql(query: ReportQuery) -> sql.Composed:
 
 async def stream_csv(
     pool: AsyncConnectionPool, query: ReportQuery, chunk_bytes: int = CHUNK_BYTES
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The report as CSV chunks (RFC 4180: CRLF line ends), first the header.
 
     PostgreSQL writes the CSV (``COPY ... TO STDOUT``) and ends lines with LF;

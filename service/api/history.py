@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -83,7 +84,7 @@ Period = Annotated[
     },
 )
 async def report_link(
-    request: Request[object, object, object],
+    request: Request[Any, Any, Any],
     settings: NamedDependency[Settings],
     # Redis or RedisCluster; a union of two classes is no valid DI annotation.
     redis: NamedDependency[Any],
@@ -117,7 +118,8 @@ async def report_link(
         )
     if settings.signing_key is None:  # the app generates one when unset
         raise RuntimeError("settings.signing_key is not set")
-    expires = int(time.time()) + settings.report_link_ttl_s
+    # Whole seconds, rounded up: a link never expires before its TTL.
+    expires = math.ceil(time.time() + settings.report_link_ttl_s)
     base = settings.public_url or str(request.base_url).rstrip("/")
     query_string = urlencode(link_params(settings.signing_key, query, expires))
     metrics.REPORT_LINKS.labels("ok").inc()
@@ -190,7 +192,7 @@ async def report_csv(
     )
 
 
-async def _counted(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _counted(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
     sent = len(first)
     outcome = "failed"
     try:
@@ -202,7 +204,7 @@ async def _counted(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
     finally:
         # Closed explicitly: a client gone mid-report must give its
         # connection back to the pool now, not when the collector runs.
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()
         metrics.REPORT_BYTES.inc(sent)
         metrics.REPORT_DOWNLOADS.labels(outcome).inc()
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from litestar import MediaType, Response, get
 from litestar.di import NamedDependency
+from prometheus_client import REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
+from archiver.metrics import refresh_lag
 from service.metrics import render_metrics
 from service.store import Store
 
@@ -45,7 +47,8 @@ async def readyz(store: NamedDependency[Store]) -> Response[dict[str, Any]]:
 )
 async def metrics(store: NamedDependency[Store]) -> Response[bytes]:
     body, content_type = await render_metrics(store)
-    return Response(body, media_type=content_type)
+    await refresh_lag(store.redis)
+    return Response(body + generate_latest(REGISTRY), media_type=content_type)
 
 
 OPS_ROUTES = [healthz, readyz, metrics]

@@ -1,0 +1,200 @@
+"""How far the archiver is behind each stream, read from the consumer group.
+
+The archiver acknowledges an entry only after the PostgreSQL transaction
+holding its row committed (or after copying it to the dead-letter stream).
+So, for a stream and a target id T, every entry up to T is archived exactly
+when the group has delivered past T (``last-delivered-id >= T``) and no entry
+up to T is still pending (the smallest pending id is above T, or nothing is
+pending). Both are read in one MULTI, an atomic snapshot of the group.
+
+The same snapshot gives the trim floor: every entry below
+``min(smallest pending id, last-delivered-id + 1)`` is archived.
+
+Only single-key commands of Redis 6.2 are used, so this works the same on a
+single Redis and on Redis Cluster, with clients decoding responses or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from archiver.config import GROUP
+from service.keys import history_streams
+
+AnyRedis = Redis | RedisCluster
+EntryId = tuple[int, int]
+ZERO: EntryId = (0, 0)
+
+
+def parse_id(raw: bytes | str | None) -> EntryId:
+    if raw is None:
+        return ZERO
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(entry_id: EntryId) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def successor(entry_id: EntryId) -> EntryId:
+    return entry_id[0], entry_id[1] + 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class GroupState(msgspec.Struct, frozen=True, kw_only=True):
+    """One stream seen by one consumer group, at one instant."""
+
+    stream: str
+    exists: bool
+    """False: the stream has no such group (the archiver never ran on it)."""
+    last_generated: EntryId
+    last_delivered: EntryId = ZERO
+    pending: int = 0
+    pending_min: EntryId | None = None
+    undelivered: int | None = None
+    """Entries not yet read by the group (Redis >= 7 only; None on 6.2)."""
+
+    def archived_through(self, target: EntryId) -> bool:
+        """Every entry with id <= target is archived (or dead-lettered)."""
+        if target == ZERO:
+            return True
+        if not self.exists or self.last_delivered < target:
+            return False
+        return self.pending_min is None or self.pending_min > target
+
+    @property
+    def floor(self) -> EntryId:
+        """Every entry below this id is archived: the safe ``XTRIM MINID``."""
+        if not self.exists:
+            return ZERO
+        nxt = successor(self.last_delivered)
+        return min(self.pending_min, nxt) if self.pending_min is not None else nxt
+
+
+async def last_generated_ids(
+    redis: AnyRedis, streams: list[str] | None = None
+) -> dict[str, EntryId]:
+    """Each stream's last generated id: the ids every event so far is at or below."""
+    streams = history_streams() if streams is None else streams
+
+    async def one(stream: str) -> EntryId:
+        try:
+            info = await redis.xinfo_stream(stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return ZERO
+            raise
+        return parse_id(info["last-generated-id"])
+
+    ids = await asyncio.gather(*(one(s) for s in streams))
+    return dict(zip(streams, ids, strict=True))
+
+
+async def group_state(redis: AnyRedis, stream: str, group: str = GROUP) -> GroupState:
+    """The group's view of ``stream``, atomically (one MULTI on one key)."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.xinfo_stream(stream)
+    pipe.xinfo_groups(stream)
+    pipe.xpending(stream, group)
+    stream_info, groups, pending = await pipe.execute(raise_on_error=False)
+    if isinstance(stream_info, ResponseError):
+        if "no such key" in str(stream_info).lower():
+            return GroupState(stream=stream, exists=False, last_generated=ZERO)
+        raise stream_info
+    last_generated = parse_id(stream_info["last-generated-id"])
+    if isinstance(groups, Exception):
+        raise groups
+    mine: dict[str, Any] | None = next((g for g in groups if _text(g["name"]) == group), None)
+    if mine is None:
+        return GroupState(stream=stream, exists=False, last_generated=last_generated)
+    if isinstance(pending, Exception):
+        raise pending
+    count = int(pending["pending"])
+    lag = mine.get("lag")
+    return GroupState(
+        stream=stream,
+        exists=True,
+        last_generated=last_generated,
+        last_delivered=parse_id(mine["last-delivered-id"]),
+        pending=count,
+        pending_min=parse_id(pending["min"]) if count else None,
+        undelivered=int(lag) if lag is not None else None,
+    )
+
+
+async def trim_floor(redis: AnyRedis, stream: str) -> EntryId:
+    """Below this id every group has archived everything: safe to trim.
+
+    Every group counts, not only the archiver's, so that another consumer of
+    the stream (an audit tap, say) never loses an entry it has not read.
+    """
+    groups = await redis.xinfo_groups(stream)
+    if not groups:
+        return ZERO
+    floors = [(await group_state(redis, stream, _text(g["name"]))).floor for g in groups]
+    return min(floors)
+
+
+class StreamLag(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    group: bool
+    """False: no archiver has ever read this stream (its events wait)."""
+    pending: int
+    """Delivered to an archiver, not yet acknowledged."""
+    undelivered: int | None
+    """Not yet read by any archiver (Redis >= 7; None on 6.2)."""
+    lag_s: float
+    """Age of the oldest unarchived entry, by the entry id's clock (0: none)."""
+
+
+class ArchiverLag(msgspec.Struct, frozen=True, kw_only=True):
+    max_lag_s: float
+    pending: int
+    streams: list[StreamLag]
+
+
+async def _oldest_unarchived_ms(redis: AnyRedis, state: GroupState) -> int | None:
+    candidates: list[int] = []
+    if state.pending_min is not None:
+        candidates.append(state.pending_min[0])
+    if state.last_generated > state.last_delivered:
+        start = "-" if not state.exists else "(" + format_id(state.last_delivered)
+        first = await redis.xrange(state.stream, min=start, max="+", count=1)
+        if first:
+            candidates.append(parse_id(first[0][0])[0])
+    return min(candidates) if candidates else None
+
+
+async def archiver_lag(redis: AnyRedis, group: str = GROUP) -> ArchiverLag:
+    """Per stream: pending count, undelivered count and lag seconds; for /readyz."""
+    streams = history_streams()
+    states = await asyncio.gather(*(group_state(redis, s, group) for s in streams))
+    oldest = await asyncio.gather(*(_oldest_unarchived_ms(redis, s) for s in states))
+    now_ms = time.time() * 1000
+    out = [
+        StreamLag(
+            stream=state.stream,
+            group=state.exists or state.last_generated == ZERO,
+            pending=state.pending,
+            undelivered=state.undelivered,
+            lag_s=0.0 if ms is None else max(0.0, (now_ms - ms) / 1000),
+        )
+        for state, ms in zip(states, oldest, strict=True)
+    ]
+    return ArchiverLag(
+        max_lag_s=max((s.lag_s for s in out), default=0.0),
+        pending=sum(s.pending for s in out),
+        streams=out,
+    )
