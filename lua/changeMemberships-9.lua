@@ -3,8 +3,9 @@
 
   Every slug is resolved first: if any is unknown nothing changes and the
   unknown slugs come back. Then, in this order: an unknown user is
-  registered (percent cohorts, as in getMemberships), the user's memberships
-  past their deadline are expired (`ttl` events at the deadline), removes
+  registered (percent cohorts, as in getMemberships), the user is settled
+  (memberships past their deadline end with `ttl` at the deadline, those of
+  deleted segments still being purged end as the purge would), removes
   apply, adds apply. An add of a segment the user has changes no membership
   and writes no event, but sets the deadline the add names (none: no
   deadline). Removing a member of a percent segment leaves the marker "x",
@@ -38,7 +39,7 @@ local uid = requireUserId(ARGV[1])
 local now = requireNumber(ARGV[2], 'now')
 local nAdd = requireNumber(ARGV[3], 'number of adds')
 if #ARGV < 3 + 2 * nAdd then
-  return redis.error_reply('BADARG expected ' .. nAdd .. ' slug/deadline pairs')
+  badArg('expected ' .. nAdd .. ' slug/deadline pairs')
 end
 
 local slugs, deadlines = {}, {}
@@ -46,7 +47,7 @@ for i = 1, nAdd do
   slugs[i] = ARGV[2 + 2 * i]
   local deadline = requireNumber(ARGV[3 + 2 * i], 'deadline')
   if deadline ~= 0 and deadline <= now then
-    return redis.error_reply('BADARG deadline ' .. ARGV[3 + 2 * i] .. ' is not after now')
+    badArg('deadline ' .. ARGV[3 + 2 * i] .. ' is not after now')
   end
   deadlines[i] = deadline
 end
@@ -65,7 +66,7 @@ if #slugs > 0 then
 end
 
 registerUser(usersKey, userKey, segSlugKey, segPctKey, countsKey, stream, uid, now)
-expireUser(userKey, segSlugKey, segPctKey, segDyingKey, countsKey, dueKey, stream, uid, now)
+settleUser(userKey, segSlugKey, segPctKey, segDyingKey, countsKey, dueKey, stream, uid, now)
 
 for i = nAdd + 1, #slugs do
   local id = ids[i]

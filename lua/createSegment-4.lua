@@ -22,7 +22,7 @@ local rcall = redis.call
 local slug, description = ARGV[1], ARGV[2]
 local pct = requireNumber(ARGV[3], 'percent')
 local now = requireNumber(ARGV[4], 'now')
-if pct > 10000 then return redis.error_reply('BADARG percent x 100 must be at most 10000') end
+if pct > 10000 then badArg('percent x 100 must be at most 10000') end
 if rcall('HEXISTS', segmentsKey, slug) == 1 then return {1} end
 
 local id = rcall('INCR', nextIdKey)

@@ -24,22 +24,18 @@ local rcall = redis.call
 local uid = requireUserId(ARGV[1])
 local now = requireNumber(ARGV[2], 'now')
 
-expireUser(userKey, segSlugKey, nil, segDyingKey, countsKey, dueKey, stream, uid, now)
+settleUser(userKey, segSlugKey, nil, segDyingKey, countsKey, dueKey, stream, uid, now)
 local removed = 0
 local fields = rcall('HGETALL', userKey)
 for i = 1, #fields, 2 do
   local id, deadline = fields[i], deadlineOf(fields[i + 1])
   if deadline then
     if deadline > 0 then rcall('ZREM', dueKey, uid .. ':' .. id) end
+    -- settleUser left only live segments' memberships.
     local slug = rcall('HGET', segSlugKey, id)
-    if slug then
-      rcall('HINCRBY', countsKey, id, -1)
-      emit(stream, uid, slug, 'remove', now, 'user_deleted')
-      removed = removed + 1
-    else
-      local dying = rcall('HGET', segDyingKey, id)
-      if dying then dyingRemoval(stream, uid, dying, deadline) end
-    end
+    rcall('HINCRBY', countsKey, id, -1)
+    emit(stream, uid, slug, 'remove', now, 'user_deleted')
+    removed = removed + 1
   end
 end
 rcall('DEL', userKey)

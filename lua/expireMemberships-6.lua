@@ -23,7 +23,7 @@ local rcall = redis.call
 
 local prefix = ARGV[1]
 local now = requireNumber(ARGV[2], 'now')
-local limit = requireNumber(ARGV[3], 'limit')
+local limit = requirePositive(ARGV[3], 'limit')
 
 local due = rcall('ZRANGEBYSCORE', dueKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
@@ -43,7 +43,7 @@ for i = 1, #due, 2 do
       local dying = rcall('HGET', segDyingKey, id)
       if dying then
         rcall('HDEL', userKey, id)
-        dyingRemoval(stream, uid, dying, deadline)
+        dyingRemoval(stream, uid, dying, deadline, now)
       end
     end
   end

@@ -1,8 +1,8 @@
 --[[
   One bounded step of a deletion in one shard: walks the shard's known users
   with SSCAN from CURSOR and removes the dying segment from each, writing a
-  `segment_deleted` event at the deletion time (or `ttl` at the deadline, if
-  that came first). When the walk is complete the segment is dead.
+  `segment_deleted` event (or `ttl` at the deadline, if that came first; see
+  dyingRemoval). When the walk is complete the segment is dead.
 
   KEYS[1] {sNN}:users      known users
   KEYS[2] {sNN}:seg:dying  id -> "<ms>:<slug>"
@@ -14,6 +14,9 @@
   ARGV[2] segment id
   ARGV[3] SSCAN cursor ("0" to start)
   ARGV[4] SSCAN count (bounds the work of one call)
+  ARGV[5] now, ms since epoch, read after the segment was retired in this
+          shard; the same for every call of one shard's purge, so a deletion
+          has one stamp per shard
 
   Returns the next cursor; "0" when the shard is done.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -26,7 +29,8 @@ local rcall = redis.call
 local prefix, id = ARGV[1], ARGV[2]
 requireNumber(id, 'segment id')
 requireNumber(ARGV[3], 'cursor')
-local count = requireNumber(ARGV[4], 'count')
+local count = requirePositive(ARGV[4], 'count')
+local now = requireNumber(ARGV[5], 'now')
 local dying = rcall('HGET', segDyingKey, id)
 if not dying then return '0' end
 
@@ -41,7 +45,7 @@ for i = 1, #users do
     local deadline = deadlineOf(state)
     if deadline then
       if deadline > 0 then rcall('ZREM', dueKey, uid .. ':' .. id) end
-      dyingRemoval(stream, uid, dying, deadline)
+      dyingRemoval(stream, uid, dying, deadline, now)
     end
   end
 end

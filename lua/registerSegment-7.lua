@@ -3,6 +3,8 @@
   Idempotent; a segment id that was deleted is never registered again, and
   a revision older than the one the shard has is ignored, so a late or
   repeated call can neither bring a deleted segment back nor undo a change.
+  A slug created again while its old segment is still being deleted retires
+  the old id in this shard first, so a slug never names two segments.
 
   KEYS[1] {sNN}:seg:id     slug -> id
   KEYS[2] {sNN}:seg:slug   id -> slug
@@ -15,8 +17,10 @@
   ARGV[2] slug
   ARGV[3] percent x 100, 0 for none
   ARGV[4] catalogue revision
+  ARGV[5] now, ms since epoch
 
-  Returns 1 when registered, 0 when the id is deleted or the revision old.
+  Returns 1 when registered, 0 when the id is deleted, the revision old or
+  the slug already names a newer segment.
   Errors: BADARG when an argument is malformed (nothing is changed).
 ]]
 local segIdKey, segSlugKey, segPctKey, segHiKey, segDyingKey, segDeadKey, segRevKey =
@@ -29,10 +33,17 @@ local slug = ARGV[2]
 local pct = requireNumber(ARGV[3], 'percent')
 local rev = requireNumber(ARGV[4], 'revision')
 requireNumber(id, 'segment id')
+local now = requireNumber(ARGV[5], 'now')
 if rcall('HEXISTS', segDyingKey, id) == 1 or rcall('SISMEMBER', segDeadKey, id) == 1 then
   return 0
 end
 if rev < tonumber(rcall('HGET', segRevKey, id) or '0') then return 0 end
+local older = rcall('HGET', segIdKey, slug)
+-- Ids only grow: a slug naming a newer segment means this call is stale.
+if older and tonumber(older) > tonumber(id) then return 0 end
+if older and older ~= id then
+  retire(segIdKey, segSlugKey, segPctKey, segHiKey, segDyingKey, segRevKey, older, slug, now)
+end
 rcall('HSET', segRevKey, id, rev)
 rcall('HSET', segIdKey, slug, id)
 rcall('HSET', segSlugKey, id, slug)

@@ -1,7 +1,9 @@
 --[[
   First step of a deletion in one shard: the segment leaves the shard's
   catalogue (no read returns it, no change can name it from here on) and
-  becomes "dying" until purgeSegment has removed its members.
+  becomes "dying" until purgeSegment has removed its members, whose
+  removals are stamped with the time given here: after every change this
+  shard applied while the segment was still in it.
 
   KEYS[1] {sNN}:seg:id     slug -> id
   KEYS[2] {sNN}:seg:slug   id -> slug
@@ -11,7 +13,7 @@
   KEYS[6] {sNN}:seg:rev    id -> catalogue revision registered
   ARGV[1] segment id
   ARGV[2] slug
-  ARGV[3] deletion time, ms since epoch
+  ARGV[3] now, ms since epoch
 
   Returns 1.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -23,12 +25,6 @@ local rcall = redis.call
 
 local id, slug = ARGV[1], ARGV[2]
 requireNumber(id, 'segment id')
-local deletedAt = requireNumber(ARGV[3], 'deletion time')
--- The slug may already name a newer segment created after this deletion.
-if rcall('HGET', segIdKey, slug) == id then rcall('HDEL', segIdKey, slug) end
-rcall('HDEL', segSlugKey, id)
-rcall('HDEL', segPctKey, id)
-rcall('HDEL', segHiKey, id)
-rcall('HDEL', segRevKey, id)
-rcall('HSETNX', segDyingKey, id, deletedAt .. ':' .. slug)
+local now = requireNumber(ARGV[3], 'now')
+retire(segIdKey, segSlugKey, segPctKey, segHiKey, segDyingKey, segRevKey, id, slug, now)
 return 1

@@ -30,7 +30,7 @@ local rcall = redis.call
 local prefix, id = ARGV[1], ARGV[2]
 requireNumber(id, 'segment id')
 requireNumber(ARGV[3], 'cursor')
-local count = requireNumber(ARGV[4], 'count')
+local count = requirePositive(ARGV[4], 'count')
 local now = requireNumber(ARGV[5], 'now')
 local slug = rcall('HGET', segSlugKey, id)
 if not slug then return {'0', 0, 0} end

@@ -23,7 +23,7 @@ local rcall = redis.call
 local slug = ARGV[1]
 local pct = requireNumber(ARGV[5], 'percent')
 local now = requireNumber(ARGV[6], 'now')
-if pct > 10000 then return redis.error_reply('BADARG percent x 100 must be at most 10000') end
+if pct > 10000 then badArg('percent x 100 must be at most 10000') end
 local raw = rcall('HGET', segmentsKey, slug)
 if not raw then return {2} end
 

@@ -12,7 +12,8 @@ from typing import Annotated
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# "(?!\n)": in Python "$" also matches before a final newline ("A\n").
+SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$(?!\n)"
 MAX_USER_ID = 2**63 - 1
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
 """A century: far enough for any experiment, small enough for exact ms math."""

@@ -51,8 +51,11 @@ class LuaScript:
                     "EVALSHA", self.sha, self.num_keys, *keys, *args
                 )
         except ResponseError as exc:
-            if str(exc).startswith("BADARG"):
-                raise ScriptArgumentError(f"{self.name}: {exc}") from None
+            # Redis 7 passes the message on as it is; 6.2 wraps it in its own words.
+            message = str(exc)
+            if "BADARG " in message:
+                detail = message[message.index("BADARG ") + 7 :]
+                raise ScriptArgumentError(f"{self.name}: BADARG {detail}") from None
             raise
 
 

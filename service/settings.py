@@ -5,6 +5,7 @@ A bad value stops start-up with a message that names the variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,9 +72,18 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive, finite number, got {raw!r}")
     return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}")
+    return int(raw)
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -91,7 +101,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         read_tokens=read,
         write_tokens=write,
         data_dir=Path(env.get("SEGMENTS_DATA_DIR", ".data")),
-        report_link_ttl_s=int(_positive(env, "SEGMENTS_REPORT_LINK_TTL", 3600)),
+        report_link_ttl_s=_positive_int(env, "SEGMENTS_REPORT_LINK_TTL", 3600),
         report_wait_s=_positive(env, "SEGMENTS_REPORT_WAIT", 5.0),
         sweep_interval_s=_positive(env, "SEGMENTS_SWEEP_INTERVAL", 1.0),
     )

@@ -140,16 +140,16 @@ class Store:
         )
         if reply[0] == 2:
             raise SegmentNotFound(f"segment {slug} not found", {"slug": slug})
-        await self._finish_deletion(int(reply[1]), slug, now)
+        await self._finish_deletion(int(reply[1]), slug)
 
-    async def _finish_deletion(self, segment_id: int, slug: str, deleted_at: int) -> None:
+    async def _finish_deletion(self, segment_id: int, slug: str) -> None:
         retire = self.scripts["retireSegment"]
         await asyncio.gather(
             *(
                 retire(
                     self.conn,
                     [k.seg_id, k.seg_slug, k.seg_pct, k.seg_hi, k.seg_dying, k.seg_rev],
-                    [segment_id, slug, deleted_at],
+                    [segment_id, slug, self.clock()],
                 )
                 for k in SHARD_KEYS
             )
@@ -160,11 +160,12 @@ class Store:
     async def _purge_shard(self, k: ShardKeys, segment_id: int) -> None:
         purge = self.scripts["purgeSegment"]
         cursor = "0"
+        started = self.clock()  # after the retirement: see dyingRemoval in common.lua
         while True:
             cursor = await purge(
                 self.conn,
                 [k.users, k.seg_dying, k.seg_dead, k.counts, k.due, k.events],
-                [k.user_prefix, segment_id, cursor, PURGE_SCAN_COUNT],
+                [k.user_prefix, segment_id, cursor, PURGE_SCAN_COUNT, started],
             )
             if cursor == "0":
                 return
@@ -184,15 +185,13 @@ class Store:
                         k.seg_dead,
                         k.seg_rev,
                     ],
-                    [segment.id, segment.slug, segment.percent_x100, segment.rev],
+                    [segment.id, segment.slug, segment.percent_x100, segment.rev, self.clock()],
                 )
                 for k in SHARD_KEYS
             )
         )
 
-    async def _each_shard_bounded(
-        self, work: Callable[[ShardKeys], Awaitable[_T]]
-    ) -> list[_T]:
+    async def _each_shard_bounded(self, work: Callable[[ShardKeys], Awaitable[_T]]) -> list[_T]:
         """Runs ``work`` for every shard, at most BULK_SHARDS_IN_FLIGHT at once."""
         gate = asyncio.Semaphore(BULK_SHARDS_IN_FLIGHT)
 
@@ -210,9 +209,7 @@ class Store:
         resumes it if this process dies.
         """
         results = await self._each_shard_bounded(lambda k: self._rollout_shard(k, segment.id))
-        await self.scripts["finishRollout"](
-            self.conn, [GLOBAL.rollouts], [segment.id, segment.rev]
-        )
+        await self.scripts["finishRollout"](self.conn, [GLOBAL.rollouts], [segment.id, segment.rev])
         return sum(r[0] for r in results), sum(r[1] for r in results)
 
     async def _rollout_shard(self, k: ShardKeys, segment_id: int) -> tuple[int, int]:
@@ -374,7 +371,7 @@ class Store:
         """
         for segment_id, raw in (await self.redis.hgetall(GLOBAL.deleting)).items():
             doc = json.loads(raw)
-            await self._finish_deletion(int(segment_id), doc["slug"], int(doc["ts"]))
+            await self._finish_deletion(int(segment_id), doc["slug"])
         rollouts = await self.redis.hgetall(GLOBAL.rollouts)
         for slug, raw in (await self.redis.hgetall(GLOBAL.segments)).items():
             segment = _segment(slug, raw)

@@ -43,14 +43,32 @@ local function parseDying(value)
 end
 
 -- How a membership of a dying segment ended: at its deadline if that came
--- before the deletion, else by the deletion.
-local function dyingRemoval(stream, uid, dyingValue, deadline)
-  local deletedAt, slug = parseDying(dyingValue)
-  if deadline > 0 and deadline <= deletedAt then
+-- before the segment left the shard, else by the deletion. The deletion's
+-- stamp is `now` of the call that removes the member when that is later
+-- than the retirement: a change the shard applied just before the retirement
+-- read its clock before this call did, so its event never sorts after the
+-- removal that follows it.
+local function dyingRemoval(stream, uid, dyingValue, deadline, now)
+  local retiredAt, slug = parseDying(dyingValue)
+  if deadline > 0 and deadline <= retiredAt then
     emit(stream, uid, slug, 'remove', deadline, 'ttl')
   else
-    emit(stream, uid, slug, 'remove', deletedAt, 'segment_deleted')
+    emit(stream, uid, slug, 'remove', math.max(retiredAt, now), 'segment_deleted')
   end
+end
+
+-- Takes a segment out of a shard's catalogue: from here on no read returns
+-- it and no change can name it; its members are purged by purgeSegment and
+-- their removals stamped with `now`, the moment it left this shard (so
+-- after any change the shard applied while it was still there).
+local function retire(segIdKey, segSlugKey, segPctKey, segHiKey, segDyingKey, segRevKey, id, slug, now)
+  -- The slug may already name a newer segment created after this deletion.
+  if rcall('HGET', segIdKey, slug) == id then rcall('HDEL', segIdKey, slug) end
+  rcall('HDEL', segSlugKey, id)
+  rcall('HDEL', segPctKey, id)
+  rcall('HDEL', segHiKey, id)
+  rcall('HDEL', segRevKey, id)
+  rcall('HSETNX', segDyingKey, id, now .. ':' .. slug)
 end
 
 -- Adds every percent cohort the user falls in. Returns 1 for a new user.
@@ -80,26 +98,32 @@ local function endMembership(userKey, segPctKey, id, slug, uid)
   end
 end
 
--- Removes the user's memberships whose deadline has passed, each with its
--- `ttl` event at the deadline. Memberships of dying segments are left to the
--- purge unless their deadline came first. segPctKey may be nil when the
--- caller forgets the user anyway.
-local function expireUser(userKey, segSlugKey, segPctKey, segDyingKey, countsKey, dueKey, stream, uid, now)
+-- Brings one user's memberships up to date before a change: those whose
+-- deadline has passed end (`ttl` at the deadline), and those of deleted
+-- segments still being purged end now (as the purge would: `ttl` or
+-- `segment_deleted`, see dyingRemoval), so the user's own events that follow
+-- come after them in the stream, also when the slug was created again.
+-- segPctKey may be nil when the caller forgets the user anyway.
+local function settleUser(userKey, segSlugKey, segPctKey, segDyingKey, countsKey, dueKey, stream, uid, now)
   local fields = rcall('HGETALL', userKey)
   for i = 1, #fields, 2 do
-    local id, deadline = fields[i], deadlineOf(fields[i + 1])
-    if deadline and deadline > 0 and deadline <= now then
-      local slug = rcall('HGET', segSlugKey, id)
-      local dying = (not slug) and rcall('HGET', segDyingKey, id)
-      if slug or (dying and deadline <= parseDying(dying)) then
+    local id, state = fields[i], fields[i + 1]
+    local deadline = deadlineOf(state)
+    local slug = rcall('HGET', segSlugKey, id)
+    if slug then
+      if deadline and deadline > 0 and deadline <= now then
         rcall('ZREM', dueKey, uid .. ':' .. id)
-        if slug then
-          endMembership(userKey, segPctKey, id, slug, uid)
-          rcall('HINCRBY', countsKey, id, -1)
-          emit(stream, uid, slug, 'remove', deadline, 'ttl')
-        else
-          rcall('HDEL', userKey, id)
-          dyingRemoval(stream, uid, dying, deadline)
+        endMembership(userKey, segPctKey, id, slug, uid)
+        rcall('HINCRBY', countsKey, id, -1)
+        emit(stream, uid, slug, 'remove', deadline, 'ttl')
+      end
+    else
+      local dying = rcall('HGET', segDyingKey, id)
+      if dying then
+        rcall('HDEL', userKey, id)
+        if deadline then
+          if deadline > 0 then rcall('ZREM', dueKey, uid .. ':' .. id) end
+          dyingRemoval(stream, uid, dying, deadline, now)
         end
       end
     end
@@ -135,17 +159,32 @@ local function percentText(pct100)
   return tostring(pct100 / 100)
 end
 
+-- Argument errors: a plain string error (level 0: no position), since Redis
+-- 6.2 cannot pass on an error table; the loader recognises "BADARG".
+local function badArg(message)
+  error('BADARG ' .. message, 0)
+end
+
+-- An integer 0 .. 2^53 (exact in a Lua number): times in ms, ids, counts.
 local function requireNumber(value, name)
   local n = tonumber(value)
-  if not n or n < 0 or n ~= math.floor(n) then
-    error({err = 'BADARG ' .. name .. ' must be a non-negative integer, got ' .. tostring(value)})
+  if not n or n ~= n or n < 0 or n > 9007199254740992 or n ~= math.floor(n) then
+    badArg(name .. ' must be an integer from 0 to 2^53, got ' .. tostring(value))
   end
   return n
 end
 
+local function requirePositive(value, name)
+  local n = requireNumber(value, name)
+  if n == 0 then badArg(name .. ' must be positive') end
+  return n
+end
+
+-- A user id stays a decimal string (2^63-1 is not exact in a Lua number).
 local function requireUserId(value)
-  if type(value) ~= 'string' or not string.match(value, '^[1-9][0-9]*$') or #value > 19 then
-    error({err = 'BADARG user id must be a positive integer, got ' .. tostring(value)})
+  if type(value) ~= 'string' or not string.match(value, '^[1-9][0-9]*$') or #value > 19
+      or (#value == 19 and value > '9223372036854775807') then
+    badArg('user id must be an integer from 1 to 2^63-1, got ' .. tostring(value))
   end
   return value
 end
