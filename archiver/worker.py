@@ -31,8 +31,6 @@ from typing import Any, TypeVar
 
 import msgspec
 import psycopg
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from archiver import config as config_module
@@ -43,6 +41,7 @@ from archiver.lag import AnyRedis, format_id, trim_floor
 from archiver.writer import HistoryWriter, Kind, WriteResult, open_pool
 from service import settings as settings_module
 from service.keys import GLOBAL, history_streams
+from service.redis_client import connect
 
 log = logging.getLogger("segments.archiver")
 
@@ -365,21 +364,15 @@ async def keep_partitions(
 
 async def connect_redis(url: str, block_ms: int) -> AnyRedis:
     """A bytes-speaking client (entries are parsed as bytes); cluster if the node is one."""
-    options: dict[str, Any] = {
-        "decode_responses": False,
-        "socket_connect_timeout": 2.0,
+    client: AnyRedis = await connect(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=2.0,
         # Blocking reads hold the socket for block_ms; a timeout must outlast them.
-        "socket_timeout": block_ms / 1000 + 10.0,
-        "health_check_interval": 30,
-    }
-    probe = Redis.from_url(url, **options)
-    try:
-        info = await probe.info("cluster")
-    finally:
-        await probe.aclose()
-    if info.get("cluster_enabled"):
-        return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, **options)
+        socket_timeout=block_ms / 1000 + 10.0,
+        health_check_interval=30,
+    )
+    return client
 
 
 async def run(

@@ -40,14 +40,7 @@ for i = 1, #users do
   local uid = users[i]
   local userKey = prefix .. uid
   local state = rcall('HGET', userKey, id)
-  if state then
-    rcall('HDEL', userKey, id)
-    local deadline = deadlineOf(state)
-    if deadline then
-      if deadline > 0 then rcall('ZREM', dueKey, uid .. ':' .. id) end
-      dyingRemoval(stream, uid, dying, deadline, now)
-    end
-  end
+  if state then purgeMember(userKey, dueKey, stream, uid, id, state, dying, now) end
 end
 if scan[1] == '0' then
   rcall('HDEL', segDyingKey, id)

@@ -15,8 +15,12 @@ COMMAND_TIMEOUT_S = 2.0
 """Far above any script call (bounded to milliseconds), far below a client's patience."""
 
 
-async def connect(url: str, *, max_connections: int = 256) -> Any:
-    """A client for ``url``; a cluster is detected by asking the node."""
+async def connect(url: str, *, max_connections: int = 256, **overrides: Any) -> Any:
+    """A client for ``url``; a cluster is detected by asking the node.
+
+    ``overrides`` replace the defaults below (the archiver reads bytes, and
+    blocks longer than a command may take).
+    """
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
@@ -26,6 +30,7 @@ async def connect(url: str, *, max_connections: int = 256) -> Any:
         # Every script is idempotent in effect, so a repeated call is safe.
         "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
         "retry_on_error": [RedisConnectionError],
+        **overrides,
     }
     probe = Redis.from_url(url, **options)
     try:

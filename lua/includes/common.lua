@@ -57,6 +57,16 @@ local function dyingRemoval(stream, uid, dyingValue, deadline, now)
   end
 end
 
+-- Removes a user's membership (state) of a dying segment, with its event.
+local function purgeMember(userKey, dueKey, stream, uid, id, state, dying, now)
+  rcall('HDEL', userKey, id)
+  local deadline = deadlineOf(state)
+  if deadline then
+    if deadline > 0 then rcall('ZREM', dueKey, uid .. ':' .. id) end
+    dyingRemoval(stream, uid, dying, deadline, now)
+  end
+end
+
 -- Takes a segment out of a shard's catalogue: from here on no read returns
 -- it and no change can name it; its members are purged by purgeSegment and
 -- their removals stamped with `now`, the moment it left this shard (so
@@ -119,13 +129,7 @@ local function settleUser(userKey, segSlugKey, segPctKey, segDyingKey, countsKey
       end
     else
       local dying = rcall('HGET', segDyingKey, id)
-      if dying then
-        rcall('HDEL', userKey, id)
-        if deadline then
-          if deadline > 0 then rcall('ZREM', dueKey, uid .. ':' .. id) end
-          dyingRemoval(stream, uid, dying, deadline, now)
-        end
-      end
+      if dying then purgeMember(userKey, dueKey, stream, uid, id, state, dying, now) end
     end
   end
 end
