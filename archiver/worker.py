@@ -40,7 +40,7 @@ from archiver.events import EntryError, Row, lifecycle_row, membership_row, now_
 from archiver.lag import AnyRedis, format_id, trim_floor
 from archiver.writer import HistoryWriter, Kind, WriteResult, open_pool
 from service import settings as settings_module
-from service.keys import GLOBAL, history_streams
+from service.keys import GLOBAL, dead_letter_key, history_streams
 from service.redis_client import connect
 
 log = logging.getLogger("segments.archiver")
@@ -50,11 +50,6 @@ T = TypeVar("T")
 
 ACK_CHUNK = 10_000
 """Ids per XACK command (keeps one command's reply time small)."""
-
-
-def dead_letter_key(stream: str) -> str:
-    """Dead-letter stream of ``stream``; same hash tag, so same Cluster slot."""
-    return f"{stream}:dead"
 
 
 class Backoff:

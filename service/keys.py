@@ -84,6 +84,11 @@ def for_user(user_id: int) -> ShardKeys:
     return SHARD_KEYS[shard_of(user_id)]
 
 
+def dead_letter_key(stream: str) -> str:
+    """Dead-letter stream of a history stream; same hash tag, so same Cluster slot."""
+    return f"{stream}:dead"
+
+
 def history_streams() -> list[str]:
     """Every stream the archiver consumes: the global one, then each shard's."""
     return [GLOBAL.events, *(k.events for k in SHARD_KEYS)]

@@ -22,8 +22,7 @@ from archiver.testing import (
     prepare_database,
     running_archiver,
 )
-from archiver.worker import dead_letter_key
-from service.keys import GLOBAL, for_user, history_streams
+from service.keys import GLOBAL, dead_letter_key, for_user, history_streams
 from service.reports import wait_until_archived
 
 NOW_MS = int(time.time() * 1000)
