@@ -4,6 +4,7 @@ stopped under them: afterwards every event has exactly one history row."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from archiver.config import GROUP
 from archiver.lag import archiver_lag
@@ -86,6 +88,18 @@ async def caught_up(redis: Redis, log: Path, timeout_s: float = 60.0) -> None:
     assert result.caught_up, "archiver did not catch up; its log:\n" + log.read_text()[-3000:]
 
 
+async def holds_entries(redis: Redis, consumer: str, proc: subprocess.Popen[bytes]) -> None:
+    """Waits until ``consumer`` has read entries (or its process has ended)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        for stream in history_streams():
+            with contextlib.suppress(ResponseError):  # no group on this stream yet
+                consumers = await redis.xinfo_consumers(stream, GROUP)
+                if any(c["name"] in (consumer, consumer.encode()) for c in consumers):
+                    return
+        await asyncio.sleep(0.05)
+
+
 async def pending_of(redis: Redis, consumer: str) -> list[EventKey]:
     out: list[EventKey] = []
     for stream in history_streams():
@@ -137,11 +151,13 @@ async def test_two_archivers_one_killed_mid_batch(
     keys = await add_events(redis, events(4000))
     log = tmp_path / "archivers.log"
     small = {"SEGMENTS_ARCHIVER_BATCH_SIZE": "100", "SEGMENTS_ARCHIVER_CLAIM_IDLE_MS": "500"}
-    # The victim dies at its first batch: with a later one, on a busy machine
-    # the survivor could take every entry first and the victim never die.
+    # The victim dies at its first batch, and the survivor starts once the
+    # victim holds entries: on a busy machine a survivor started at once could
+    # take every entry before the slower victim read any, and it never die.
     victim = spawn(
         clean_redis_url, db, "victim", {**small, "SEGMENTS_ARCHIVER_CRASH_AT": "after_copy:1"}, log
     )
+    await holds_entries(redis, "victim", victim)
     survivor = spawn(clean_redis_url, db, "survivor", small, log)
     try:
         # Events keep coming while one archiver dies and the other takes over.
