@@ -307,7 +307,7 @@ def main() -> None:
         if not urlsplit(args.url).path.strip("/"):
             parser.error("name the database index in the URL (it is flushed): .../14")
         report = asyncio.run(run(args.url, args.users, args.slowlog_us, args.keep))
-    report["shard_concurrency"] = args.shard_concurrency or len(keys.SHARD_KEYS)
+    report["shard_concurrency"] = args.shard_concurrency or store_module.BULK_SHARDS_IN_FLIGHT
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
