@@ -87,6 +87,29 @@ class _Protocol(asyncio.Protocol):
         self.outgoing.clear()
 
 
+class _Pipeline:
+    """Commands sent in one write, replies in order; like redis-py's, the first
+    error is raised once every reply is in."""
+
+    def __init__(self, connection: RespConnection) -> None:
+        self.connection = connection
+        self.commands: list[bytes] = []
+
+    def execute_command(self, *args: Any) -> _Pipeline:
+        self.commands.append(hiredis.pack_command(args))
+        return self
+
+    async def execute(self) -> list[Any]:
+        protocol = await self.connection._live()
+        waiters = [protocol.send(packed) for packed in self.commands]
+        self.commands = []
+        replies = await asyncio.gather(*waiters, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+
 class RespConnection:
     """One pipelined connection to a single Redis (not a Cluster)."""
 
@@ -159,8 +182,13 @@ class RespConnection:
             protocol = await self._live()
         return await protocol.send(hiredis.pack_command(args))
 
-    # The two calls service.scripts.LuaScript makes, named as in redis-py.
+    # The calls the store makes, named as in redis-py.
     execute_command = execute
+
+    def pipeline(self, transaction: bool = False) -> _Pipeline:
+        if transaction:
+            raise ValueError("the hot-path connection has no MULTI pipelines")
+        return _Pipeline(self)
 
     async def script_load(self, source: str) -> str:
         return str(await self.execute("SCRIPT", "LOAD", source))

@@ -296,7 +296,7 @@ class Store:
         """Segments of many users in one round trip, in the order given."""
         now = self.clock()
         for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.conn.pipeline(transaction=False)
             for uid in user_ids:
                 pipe.execute_command(
                     "EVALSHA", self._get.sha, self._get.num_keys, *self._get_keys(uid), uid, now
@@ -306,7 +306,7 @@ class Store:
             except NoScriptError:
                 if attempt == 2:
                     raise
-                await self.redis.script_load(self._get.source)
+                await self.conn.script_load(self._get.source)
                 continue
             return [_memberships(flat) for flat in replies]
         raise AssertionError("unreachable")

@@ -90,3 +90,13 @@ async def test_resp_connection_reports_errors_and_reconnects(clean_redis_url: st
         assert await conn.execute("CLIENT", "ID") != own_id
     finally:
         await conn.aclose()
+
+
+def test_batch_lookup_survives_a_script_flush(client: Any, clean_redis_url: str) -> None:
+    client.post("/api/v1/segments", json={"slug": "A"})
+    client.post("/api/v1/users/3/segments", json={"add": ["A"]})
+    redis.Redis.from_url(clean_redis_url).script_flush()
+    r = client.post("/api/v1/users/lookup", json={"user_ids": [3, 4]})
+    assert r.json() == {
+        "users": [{"user_id": 3, "segments": ["A"]}, {"user_id": 4, "segments": []}]
+    }
