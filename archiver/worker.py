@@ -122,8 +122,12 @@ class StreamWorker:
             await self._drain_own_pending()
             while not self._stop.is_set():
                 try:
-                    await self._step()
+                    read = await self._step()
                     self._backoff.reset()
+                    if 0 < read < self._cfg.batch_size and self._cfg.linger_ms:
+                        # Let a trickle gather into a bigger batch (LINGER_MS).
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stop.wait(), self._cfg.linger_ms / 1000)
                 except (RedisError, OSError) as exc:
                     metrics.FAILURES.labels("redis").inc()
                     log.warning("%s: redis error: %s; retrying", self.stream, exc)
@@ -131,7 +135,8 @@ class StreamWorker:
         except Stopped:
             pass  # what was not acknowledged stays pending, for the next start
 
-    async def _step(self) -> None:
+    async def _step(self) -> int:
+        """One read and its batch; returns how many new entries were read."""
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + self._cfg.claim_interval_ms / 1000
@@ -145,6 +150,7 @@ class StreamWorker:
         if self._cfg.trim and time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + self._cfg.trim_interval_ms / 1000
             await self._trim()
+        return len(entries)
 
     async def _join_group(self) -> None:
         try:

@@ -1,0 +1,226 @@
+"""One bench run from start to end: prepare, seed, measure, report.
+
+Order (own service): wipe the bench's Redis db and PostgreSQL database,
+migrate, start the API; seed (archiver stopped, so the seeding's events wait
+in the streams); start the archiver and time it draining them; Redis memory
+per membership; the 10% segment; the load scenarios, interleaved with the
+ceiling (``bench.loadrun``); the CSV report. With ``--url`` the service is
+someone else's: no wiping, no starting, and only what can be seen from
+outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+
+import psutil
+import redis.asyncio as aioredis
+
+from bench import archiver_probe, csv_rate, percent, seed, services, stores
+from bench.chart import write_png
+from bench.context import Context, Options, settings_of
+from bench.httpclient import Target
+from bench.loadrun import load_runs, settle
+from bench.machine import machine_info, process_groups
+from bench.results import MemoryResult, Report, write_json
+from bench.table import full
+from bench.targets import checks
+from service.keys import history_streams
+
+DRAIN_TIMEOUT_S = 600.0
+"""Longest wait for the archiver to drain the seeding's backlog."""
+QUIET_BUSY_PERCENT = 20.0
+"""Machine-wide CPU use, over one second before the run, above which the bench warns."""
+TRIM_WAIT_S = 2.5
+"""After a drain, time for the archiver to trim the streams (it trims each second)."""
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def prepare_own_service(ctx: Context) -> dict[str, str]:
+    opts = ctx.opts
+    assert opts.redis_url and opts.database_url
+    if not services.port_free(opts.port):
+        raise services.ServiceError(f"port {opts.port} is in use; choose another with --port")
+    _say(
+        f"WIPING Redis db {stores.redis_db(opts.redis_url)} ({opts.redis_url}) and PostgreSQL "
+        f"database {stores.pg_dbname(opts.database_url)!r}: the bench owns them"
+    )
+    dropped = stores.claim_redis(opts.redis_url, opts.force)
+    if dropped:
+        _say(f"flushed {dropped} keys")
+    if stores.claim_postgres(opts.database_url, opts.force):
+        _say(f"created database {stores.pg_dbname(opts.database_url)!r}")
+    env = services.service_env(opts.redis_url, opts.database_url)
+    services.migrate(env, ctx.run_dir)
+    ctx.log(f"starting the API: {opts.workers} workers on 127.0.0.1:{opts.port}")
+    ctx.api = services.start_api(env, opts.port, opts.workers, ctx.run_dir)
+    return env
+
+
+async def seed_and_drain(ctx: Context, report: Report, env: dict[str, str] | None) -> None:
+    opts = ctx.opts
+    baseline: list[tuple[int, int]] = []
+
+    def take_baseline() -> None:
+        if opts.redis_url:
+            baseline.append(
+                (
+                    stores.used_memory(opts.redis_url),
+                    stores.key_bytes(opts.redis_url, history_streams()),
+                )
+            )
+
+    pool = seed.Pool(opts.segments)
+    empty = stores.used_memory(opts.redis_url) if opts.redis_url else 0
+    ctx.log(f"seeding {opts.users:,} users x {opts.memberships} memberships over HTTP")
+    report.seed = await seed.seed(
+        ctx.target,
+        opts.token,
+        opts.users,
+        opts.memberships,
+        pool,
+        opts.seed,
+        ctx.log,
+        take_baseline,
+    )
+    if env is not None and ctx.redis is not None and opts.database_url:
+        ctx.log("starting the archiver on the seeding's backlog")
+        ctx.archiver = services.start_archiver(env, ctx.run_dir)
+        ctx.groups = process_groups(ctx)
+        drained = await archiver_probe.measure_drain(
+            ctx.redis, opts.database_url, DRAIN_TIMEOUT_S, ctx.log
+        )
+        report.archiver.append(drained)
+        ctx.log(f"archiver: {drained.events_per_s:,.0f} events/s ({drained.events:,} rows)")
+        await asyncio.sleep(TRIM_WAIT_S)
+    if opts.redis_url and baseline:
+        used_before, streams_before = baseline[0]
+        used_after = stores.used_memory(opts.redis_url)
+        streams_after = stores.key_bytes(opts.redis_url, history_streams())
+        members = report.seed.memberships
+        growth = used_after - used_before
+        streams_growth = streams_after - streams_before
+        report.memory = MemoryResult(
+            used_empty=empty,
+            used_before=used_before,
+            used_after=used_after,
+            stream_bytes_before=streams_before,
+            stream_bytes_after=streams_after,
+            memberships=members,
+            users=opts.users,
+            bytes_per_membership=(growth - streams_growth) / members if members else 0.0,
+            data_set_bytes_per_membership=(used_after - empty - streams_after) / members
+            if members
+            else 0.0,
+            gross_bytes_per_membership=growth / members if members else 0.0,
+        )
+        ctx.log(
+            f"Redis: {report.memory.bytes_per_membership:.1f} bytes per membership, "
+            f"{report.memory.data_set_bytes_per_membership:.1f} with the users registry"
+        )
+
+
+async def percent_step(ctx: Context, report: Report) -> None:
+    opts = ctx.opts
+    slug = f"BENCH_PCT10_{int(time.time())}"
+    report.percent = await percent.measure(
+        ctx.target,
+        opts.token,
+        opts.redis_url,
+        max(opts.percent_users, opts.users),
+        opts.users,
+        slug,
+        ctx.log,
+    )
+
+
+async def csv_step(ctx: Context, report: Report) -> None:
+    await settle(ctx)
+    report.csv = await csv_rate.measure(ctx.target, ctx.opts.token, ctx.groups.get("api"), ctx.log)
+
+
+async def optional(
+    ctx: Context, report: Report, name: str, step: Coroutine[object, object, None]
+) -> None:
+    """Run one measurement; its failure is noted in the report, the run goes on."""
+    try:
+        await step
+    except (OSError, RuntimeError, ValueError, TimeoutError) as exc:
+        message = f"{name} failed: {type(exc).__name__}: {exc}"
+        ctx.log(message)
+        report.notes.append(message)
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+
+def finish(ctx: Context, report: Report) -> Path:
+    report.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report.checks = checks(report)
+    path = write_json(report, ctx.run_dir / "bench.json")
+    print(full(report), flush=True)
+    _say(f"report: {path}")
+    if ctx.opts.chart and report.scenarios:
+        try:
+            _say(f"chart:  {write_png(report, ctx.run_dir / 'bench.png')}")
+        except ImportError:
+            _say("no chart: matplotlib is not installed (pip install 'segments[bench]')")
+    return path
+
+
+async def run(opts: Options) -> Report:
+    started = dt.datetime.now(dt.UTC)
+    run_dir = opts.out / started.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    url = opts.url or f"http://127.0.0.1:{opts.port}"
+    t0 = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.1f}s] {message}", flush=True)
+
+    ctx = Context(opts=opts, run_dir=run_dir, target=Target.from_url(url), log=log)
+    busy = psutil.cpu_percent(interval=1.0)
+    if busy > QUIET_BUSY_PERCENT:
+        _say(
+            f"warning: the machine is {busy:.0f}% busy before the run; other work skews the "
+            "figures (see the 'cpu other %' column)"
+        )
+    report = Report(
+        started_at=started.isoformat(timespec="seconds"),
+        machine=machine_info(opts, busy),
+        settings=settings_of(opts),
+    )
+    env: dict[str, str] | None = None
+    main = asyncio.current_task()
+    if main is not None:  # SIGTERM: unwind through the finally below, stopping the service
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        if opts.own_service:
+            env = prepare_own_service(ctx)
+        if opts.redis_url:
+            ctx.redis = aioredis.Redis.from_url(opts.redis_url)
+        ctx.groups = process_groups(ctx)
+        if not opts.skip_seed:
+            await seed_and_drain(ctx, report, env)
+        if "percent" in opts.scenarios:
+            await optional(ctx, report, "percent", percent_step(ctx, report))
+        await load_runs(ctx, report)
+        if "csv" in opts.scenarios:
+            await optional(ctx, report, "csv", csv_step(ctx, report))
+    finally:
+        for child in (ctx.archiver, ctx.api):
+            if child is not None:
+                child.stop()
+        if ctx.redis is not None:
+            await ctx.redis.aclose()
+    finish(ctx, report)
+    return report

@@ -1,0 +1,122 @@
+"""The Redis database and PostgreSQL database the bench owns, and may wipe.
+
+The bench flushes its Redis db and recreates its PostgreSQL schema before
+each run. To never wipe anybody's data by mistake, it marks what it owns (a
+key in the Redis db, a comment on the PostgreSQL database) and refuses to
+wipe anything that holds data without that mark, unless told ``--force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+from psycopg import sql
+
+REDIS_MARK = "segments-bench:owned"
+"""Present in a Redis db the bench may flush (set right after flushing it)."""
+PG_MARK = "segments-bench: this database is wiped by every bench run"
+"""COMMENT ON DATABASE of a PostgreSQL database the bench may wipe."""
+
+
+class NotOwned(RuntimeError):
+    """The store holds data the bench did not write; wiping needs --force."""
+
+
+def redis_db(url: str) -> int:
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+def claim_redis(url: str, force: bool) -> int:
+    """Flush the Redis db of ``url`` if it is empty, marked, or ``force``;
+    returns how many keys it held."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = int(client.dbsize())
+        if keys and not client.exists(REDIS_MARK) and not force:
+            raise NotOwned(
+                f"Redis db {redis_db(url)} at {url} holds {keys} keys the bench did not write. "
+                "The bench FLUSHES its db: point --redis-url at a spare db "
+                "(e.g. redis://127.0.0.1:6379/12), or pass --force to flush this one."
+            )
+        client.flushdb()
+        client.set(REDIS_MARK, "1")
+        return keys
+    finally:
+        client.close()
+
+
+def redis_info(url: str, section: str) -> dict[str, object]:
+    client = redis.Redis.from_url(url)
+    try:
+        return dict(client.info(section))
+    finally:
+        client.close()
+
+
+def used_memory(url: str) -> int:
+    return int(str(redis_info(url, "memory")["used_memory"]))
+
+
+def key_bytes(url: str, keys: list[str]) -> int:
+    """MEMORY USAGE summed over ``keys`` (missing keys count 0)."""
+    client = redis.Redis.from_url(url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        return sum(int(v or 0) for v in pipe.execute())
+    finally:
+        client.close()
+
+
+def _with_db(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def pg_dbname(url: str) -> str:
+    return urlsplit(url).path.strip("/") or "postgres"
+
+
+def claim_postgres(url: str, force: bool) -> bool:
+    """Make the database of ``url`` an empty one the bench owns: created (and
+    marked) when missing, else its ``public`` schema dropped and recreated if
+    it is marked, has no tables, or ``force``. Returns True if it was created."""
+    name = pg_dbname(url)
+    created = False
+    with psycopg.connect(_with_db(url, "postgres"), autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            created = True
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+            " WHERE datname = current_database()"
+        ).fetchone()
+        marked = row is not None and row[0] == PG_MARK
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+        if tables and tables[0] and not marked and not force:
+            raise NotOwned(
+                f"PostgreSQL database {name!r} holds tables the bench did not create. "
+                "The bench WIPES its database: point --database-url at a spare one "
+                "(e.g. postgresql://127.0.0.1:5432/segments_bench, created if missing), "
+                "or pass --force."
+            )
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+        if not marked:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(name), sql.Literal(PG_MARK)
+                    )
+                )
+    return created
