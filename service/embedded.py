@@ -22,6 +22,7 @@ which owns the cluster folder and must be able to reach it.
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import errno
@@ -149,7 +150,7 @@ class _RunAs(NamedTuple):
     env: dict[str, str] | None = None
 
 
-class _Server:
+class _Server(abc.ABC):
     """What both servers share: data folder, lock, port, process, lifecycle."""
 
     name = "server"
@@ -174,8 +175,8 @@ class _Server:
         return self._port
 
     @property
-    def url(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def url(self) -> str: ...
 
     @property
     def log_path(self) -> Path:
@@ -236,20 +237,20 @@ class _Server:
 
     # -- for subclasses -----------------------------------------------------------
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> None:  # noqa: B027 (an optional hook, empty by default)
         """Create the server's files if missing (holding the lock)."""
 
-    def _stop_leftover(self) -> None:
+    def _stop_leftover(self) -> None:  # noqa: B027 (an optional hook, empty by default)
         """Stop a server a killed process left running on this folder."""
 
-    def _command(self, port: int) -> list[str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _command(self, port: int) -> list[str]: ...
 
     def _run_as(self) -> _RunAs:
         return _RunAs()
 
-    def _ping(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _ping(self) -> bool: ...
 
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         proc.terminate()
