@@ -148,7 +148,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             *HISTORY_ROUTES,
             create_static_files_router(path="/schema/assets", directories=[assets]),
         ],
-        guards=[require_token],
+        # No tokens configured: no guard at all (it costs a handler copy per request).
+        guards=[require_token] if settings.auth_enabled else [],
         before_request=strict_body,
         dependencies={
             "store": Provide(provide_store, sync_to_thread=False),

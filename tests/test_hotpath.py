@@ -30,7 +30,10 @@ def secured(clean_redis_url: str) -> Iterator[Any]:
 def test_tokens_are_enforced_on_the_hot_routes(secured: Any) -> None:
     write = {"authorization": "Bearer writer"}
     read = {"authorization": "Bearer reader"}
+    assert secured.post("/api/v1/segments", json={"slug": "A"}).status_code == 401
+    assert secured.post("/api/v1/segments", json={"slug": "A"}, headers=read).status_code == 403
     assert secured.post("/api/v1/segments", json={"slug": "A"}, headers=write).status_code == 201
+    assert secured.get("/api/v1/segments", headers=read).status_code == 200
     path = "/api/v1/users/5/segments"
     assert secured.get(path).status_code == 401
     assert secured.get(path, headers={"authorization": "Bearer nope"}).status_code == 403
