@@ -105,7 +105,6 @@ def test_json_round_trip(report: Report, tmp_path: Path) -> None:
 
 
 def test_png_is_written(report: Report, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     from bench.chart import write_png
 
     path = write_png(report, tmp_path / "bench.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -56,13 +55,6 @@ def _run(
         timeout=timeout,
         check=False,
     )
-
-
-def _have(*modules: str) -> bool:
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in modules)
-    except ModuleNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -146,7 +138,6 @@ def test_dev_refuses_a_busy_port(data_dir: Path) -> None:
     assert not (data_dir / "redis").exists()
 
 
-@pytest.mark.skipif(not _have("archiver.migrate"), reason="archiver.migrate not written yet")
 def test_migrate_applies_then_is_idempotent(fresh_pg_url: str) -> None:
     first = _run("migrate", env={"DATABASE_URL": fresh_pg_url})
     assert first.returncode == 0, first.stderr
@@ -167,10 +158,6 @@ def _get(url: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _have("service.app", "archiver.worker", "archiver.migrate"),
-    reason="the app or the archiver is not written yet",
-)
 def test_dev_runs_the_stack_and_stops_everything(data_dir: Path) -> None:
     port = free_port()
     out_path = data_dir / "dev.out"
@@ -229,7 +216,7 @@ def _subcommands() -> set[str]:
 
 
 def test_compose_file_runs_the_stack() -> None:
-    yaml = pytest.importorskip("yaml")
+    import yaml
     text = (ROOT / "docker-compose.yml").read_text()
     assert "$(" not in text  # compose would reject it as an invalid interpolation
     services = yaml.safe_load(text)["services"]
