@@ -446,3 +446,29 @@ def test_redis_down_answers_503_quickly() -> None:
                 assert r.status_code == 201
         finally:
             server.stop()
+
+
+def test_a_user_in_thousands_of_segments(client: Any, clean_redis_url: str) -> None:
+    """Beyond what one Lua unpack() can take (8,000 values): reads still work.
+
+    The memberships are written straight into the documented layout
+    (docs/design.md) because creating 9,000 segments over HTTP takes long.
+    """
+    from service.keys import for_user
+
+    slugs = [f"S{i:05d}" for i in range(9_000)]
+    k = for_user(1)
+    r = redis_sync.Redis.from_url(clean_redis_url)
+    pipe = r.pipeline(transaction=False)
+    for n, slug in enumerate(slugs, start=1):
+        pipe.hset(k.seg_id, slug, n)
+        pipe.hset(k.seg_slug, n, slug)
+        pipe.hset(k.user(1), n, 0)
+    pipe.sadd(k.users, 1)
+    pipe.execute()
+    r.close()
+    assert client.get("/api/v1/users/1/segments").json()["segments"] == slugs
+    lookup = client.post("/api/v1/users/lookup", json={"user_ids": [1]}).json()
+    assert lookup["users"][0]["segments"] == slugs
+    changed = client.post("/api/v1/users/1/segments", json={"remove": ["S00000"]})
+    assert changed.json()["segments"] == slugs[1:]

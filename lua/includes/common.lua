@@ -146,12 +146,16 @@ local function liveMemberships(userKey, segSlugKey, now)
     end
   end
   local out = {}
-  if #ids == 0 then return out end
-  local slugs = rcall('HMGET', segSlugKey, unpack(ids))
-  for i = 1, #ids do
-    if slugs[i] then
-      out[#out + 1] = slugs[i]
-      out[#out + 1] = deadlines[i]
+  -- In slices: unpack() of thousands of values overflows Lua's C stack.
+  for first = 1, #ids, 1000 do
+    local last = math.min(first + 999, #ids)
+    local slugs = rcall('HMGET', segSlugKey, unpack(ids, first, last))
+    for i = first, last do
+      local slug = slugs[i - first + 1]
+      if slug then
+        out[#out + 1] = slug
+        out[#out + 1] = deadlines[i]
+      end
     end
   end
   return out
