@@ -208,3 +208,24 @@ async def store(clean_redis_url: str, clock: ManualClock) -> AsyncIterator[Any]:
         yield Store(redis, clock=clock)
     finally:
         await redis.aclose()
+
+
+# --- history: the archiver's view ---------------------------------------------
+
+
+@pytest.fixture(name="db")
+def _history_db(pg_url: str) -> str:
+    """The session database with the history schema migrated (and emptied)."""
+    from archiver.testing import prepare_database
+
+    return prepare_database(pg_url)
+
+
+@pytest.fixture(name="redis")
+async def _bytes_redis(clean_redis_url: str) -> AsyncIterator[Any]:
+    """A bytes-speaking asyncio client on the clean test database, as the archiver reads."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(clean_redis_url)
+    yield client
+    await client.aclose()

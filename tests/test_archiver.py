@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
 
 import psycopg
-import pytest
 from redis.asyncio import Redis
 
 from archiver.config import GROUP
@@ -26,18 +24,6 @@ from service.keys import GLOBAL, dead_letter_key, for_user, history_streams
 from service.reports import wait_until_archived
 
 NOW_MS = int(time.time() * 1000)
-
-
-@pytest.fixture
-def db(pg_url: str) -> str:
-    return prepare_database(pg_url)
-
-
-@pytest.fixture
-async def redis(clean_redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(clean_redis_url)
-    yield client
-    await client.aclose()
 
 
 async def caught_up(redis: Redis, timeout_s: float = 20.0) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,6 @@ from service.reports import wait_until_archived
 pytestmark = pytest.mark.slow
 
 NOW_MS = int(time.time() * 1000)
-
-
-@pytest.fixture
-def db(pg_url: str) -> str:
-    return prepare_database(pg_url)
-
-
-@pytest.fixture
-async def redis(clean_redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(clean_redis_url)
-    yield client
-    await client.aclose()
 
 
 Spawn = Callable[..., subprocess.Popen[bytes]]

@@ -174,18 +174,6 @@ def make_app(settings: Settings) -> Litestar:
     )
 
 
-@pytest.fixture
-def db(pg_url: str) -> str:
-    return prepare_database(pg_url)
-
-
-@pytest.fixture
-async def redis(clean_redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(clean_redis_url)
-    yield client
-    await client.aclose()
-
-
 def settings_for(redis_url: str, database_url: str, **kw: Any) -> Settings:
     return Settings(
         **{
