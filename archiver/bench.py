@@ -26,9 +26,9 @@ from redis.asyncio import Redis
 
 from archiver import config as config_module
 from archiver import worker
-from archiver.lag import group_state, last_generated_ids
 from archiver.migrate import migrate
-from service.keys import for_user
+from segments_core.keys import Keyspace
+from segments_core.streams import group_state, last_generated_ids
 
 REASONS = ("manual", "ttl", "percent", "segment_deleted", "user_deleted")
 
@@ -67,7 +67,7 @@ async def fill_streams(redis_url: str, events: int, users: int = 100_000) -> Non
         for i in range(events):
             user = rng.randrange(1, users)
             pipe.xadd(
-                for_user(user).events,
+                Keyspace().for_user(user).events,
                 {
                     "u": str(user),
                     "s": f"SEG_{i % 50}",
@@ -87,7 +87,7 @@ async def wait_archived(redis_url: str, timeout_s: float) -> bool:
     """Until every stream's entries so far are archived, or the timeout."""
     redis = Redis.from_url(redis_url)
     try:
-        targets = await last_generated_ids(redis)
+        targets = await last_generated_ids(redis, Keyspace().history_streams())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             states = await asyncio.gather(*(group_state(redis, s) for s in targets))

@@ -13,10 +13,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from service.settings import ConfigError
-
-GROUP = "archiver"
-"""Consumer group name; every archiver joins the same group to share the work."""
+from segments_core.config import ConfigError
+from segments_core.streams import GROUP
 
 BATCH_SIZE = 5000
 """Entries read from one stream per batch: large enough that a commit's fixed

@@ -76,3 +76,12 @@ def migrate(database_url: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def migrate_and_report(database_url: str) -> None:
+    """``migrate``, saying on stdout what it applied (``segments migrate``, ``segments dev``)."""
+    applied = migrate(database_url)
+    for name in applied:
+        print(f"applied migration {name}", flush=True)
+    if not applied:
+        print("database schema is up to date", flush=True)

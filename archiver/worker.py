@@ -37,11 +37,11 @@ from archiver import config as config_module
 from archiver import faults, metrics
 from archiver.config import ArchiverConfig
 from archiver.events import EntryError, Row, lifecycle_row, membership_row, now_ms
-from archiver.lag import AnyRedis, format_id, trim_floor
 from archiver.writer import HistoryWriter, Kind, WriteResult, open_pool
-from service import settings as settings_module
-from service.keys import GLOBAL, dead_letter_key, history_streams
-from service.redis_client import connect
+from segments_core import config as core_config
+from segments_core.keys import GLOBAL, dead_letter_key, load_keyspace
+from segments_core.redis_client import connect
+from segments_core.streams import AnyRedis, format_id, trim_floor
 
 log = logging.getLogger("segments.archiver")
 
@@ -393,10 +393,9 @@ async def run(
     pool = open_pool(database_url, config.pg_connections)
     await pool.open(wait=False)
     writer = HistoryWriter(pool)
-    workers = [
-        StreamWorker(s, redis, writer, config, stop)
-        for s in (history_streams() if streams is None else streams)
-    ]
+    if streams is None:
+        streams = (await load_keyspace(redis, core_config.shards())).history_streams()
+    workers = [StreamWorker(s, redis, writer, config, stop) for s in streams]
     log.info(
         "archiver %r started: %d streams, group %r, batch %d",
         config.consumer,
@@ -445,10 +444,10 @@ def main() -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    settings = settings_module.load()
+    redis_url, database_url = core_config.redis_url(), core_config.database_url()
     config = config_module.load()
-    if settings.redis_url is None or settings.database_url is None:
-        raise settings_module.ConfigError(
+    if redis_url is None or database_url is None:
+        raise core_config.ConfigError(
             "REDIS_URL and DATABASE_URL must be set for the archiver"
             " (`segments dev` starts embedded servers and sets them)"
         )
@@ -456,5 +455,5 @@ def main() -> int:
         from prometheus_client import start_http_server
 
         start_http_server(config.metrics_port)
-    asyncio.run(_main(settings.redis_url, settings.database_url, config))
+    asyncio.run(_main(redis_url, database_url, config))
     return 0

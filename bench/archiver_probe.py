@@ -1,6 +1,6 @@
 """How far behind the archiver is, and how many rows it has written.
 
-Lag comes from ``archiver.lag`` (the consumer group's view of every history
+Lag comes from ``segments_core.streams`` (the consumer group's view of every history
 stream: age of the oldest entry not yet archived, by its id's clock). Rows
 written come from the archiver's ``archive_progress`` table (a running count
 per stream), cheap to read at any size.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import psycopg
 import redis.asyncio as aioredis
 
-from archiver.lag import archiver_lag
 from bench.results import ArchiverResult
-from service.keys import GLOBAL, history_streams
+from segments_core.keys import GLOBAL, Keyspace
+from segments_core.streams import archiver_lag
 
 POLL_S = 0.25
 """How often lag and row counts are sampled."""
@@ -53,7 +53,7 @@ async def backlog(client: aioredis.Redis, lifecycle: bool = False) -> Backlog:
 async def stream_entries(client: aioredis.Redis) -> int:
     """Entries held in the membership streams (all unarchived while no archiver runs)."""
     pipe = client.pipeline(transaction=False)
-    for stream in history_streams():
+    for stream in Keyspace().history_streams():
         if stream != GLOBAL.events:
             pipe.xlen(stream)
     return sum(int(n) for n in await pipe.execute())

@@ -20,8 +20,8 @@ import statistics
 import time
 from typing import Any
 
+from segments_core.redis_client import connect
 from service.hotpath import HotPath
-from service.redis_client import connect
 from service.resp import RespConnection
 from service.settings import Settings
 from service.store import AddItem, Store

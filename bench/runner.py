@@ -31,7 +31,7 @@ from bench.machine import machine_info, process_groups
 from bench.results import MemoryResult, Report, write_json
 from bench.table import full
 from bench.targets import checks
-from service.keys import history_streams
+from segments_core.keys import Keyspace
 
 DRAIN_TIMEOUT_S = 600.0
 """Longest wait for the archiver to drain the seeding's backlog."""
@@ -75,7 +75,7 @@ async def seed_and_drain(ctx: Context, report: Report, env: dict[str, str] | Non
             baseline.append(
                 (
                     stores.used_memory(opts.redis_url),
-                    stores.key_bytes(opts.redis_url, history_streams()),
+                    stores.key_bytes(opts.redis_url, Keyspace().history_streams()),
                 )
             )
 
@@ -105,7 +105,7 @@ async def seed_and_drain(ctx: Context, report: Report, env: dict[str, str] | Non
     if opts.redis_url and baseline:
         used_before, streams_before = baseline[0]
         used_after = stores.used_memory(opts.redis_url)
-        streams_after = stores.key_bytes(opts.redis_url, history_streams())
+        streams_after = stores.key_bytes(opts.redis_url, Keyspace().history_streams())
         members = report.seed.memberships
         growth = used_after - used_before
         streams_growth = streams_after - streams_before

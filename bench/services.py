@@ -1,7 +1,7 @@
 """The service under test, started by the bench: API (``segments serve``),
 archiver (``segments archiver``) and schema (``segments migrate``).
 
-Each runs as ``python -m service.cli ...`` in its own process group, with
+Each runs as ``python -m segments_cli ...`` in its own process group, with
 its output in a log file of the run's folder, so that every scenario meets
 the very same server settings and the bench can read each process's CPU.
 """
@@ -54,7 +54,7 @@ class Child:
         log_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *args],
+                [sys.executable, "-m", "segments_cli", *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio as aioredis
 
-from service import keys
+from segments_core import keys
 from service import store as store_module
 from service.store import Store
 
@@ -76,7 +76,7 @@ def probe_main(
             else:
                 fresh += 1
                 uid = fresh
-            k = keys.for_user(uid)
+            k = keys.Keyspace().for_user(uid)
             args = [k.user(uid), k.users, k.seg_slug, k.seg_pct, k.counts, k.events]
             t0 = time.perf_counter()
             client.evalsha(sha, len(args), *args, uid, int(time.time() * 1000))
@@ -178,7 +178,7 @@ def memory(client: redis.Redis) -> dict[str, int]:
     used = int(client.info("memory")["used_memory"])
     streams = 0
     entries = 0
-    for key in keys.history_streams():
+    for key in keys.Keyspace().history_streams():
         if client.exists(key):
             streams += int(client.memory_usage(key, samples=0) or 0)
             entries += int(client.xlen(key))
@@ -296,7 +296,7 @@ def main() -> None:
         limit_shard_concurrency(args.shard_concurrency)
 
     if args.private:
-        from service.embedded import EmbeddedRedis
+        from segments_dev.embedded import EmbeddedRedis
 
         with (
             tempfile.TemporaryDirectory(prefix="measure-percent-") as tmp,

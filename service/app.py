@@ -24,15 +24,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from swagger_ui_bundle import swagger_ui_path
 
+from segments_core.clock import Clock, wall_clock_ms
+from segments_core.keys import load_keyspace
+from segments_core.redis_client import connect
 from service import hotpath, sweeper
 from service.api.history import ROUTES as HISTORY_ROUTES
 from service.api.ops import OPS_ROUTES
 from service.api.segments import SegmentController
 from service.api.users import UserController
 from service.auth import require_token
-from service.clock import Clock, wall_clock_ms
 from service.errors import DomainError, error_body
-from service.redis_client import connect
 from service.resp import RespConnection
 from service.settings import Settings, load
 from service.store import Store
@@ -90,7 +91,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             if isinstance(redis, RedisCluster) or not redis_url.startswith("redis://")
             else RespConnection(redis_url)
         )
-        store = Store(redis, clock=clock, scripts_via=fast)
+        keyspace = await load_keyspace(redis, settings.shards)
+        store = Store(redis, clock=clock, scripts_via=fast, keyspace=keyspace)
         app.state.redis = redis
         app.state.store = store
         app.state.hot_path = hotpath.HotPath(store, settings)

@@ -5,7 +5,7 @@ No HTTP here (``service/api/history.py`` is the edge):
 - ``ReportQuery``: a month, optionally one user and/or one segment;
 - ``sign`` / ``verify``: the HMAC over a link's parameters and expiry;
 - ``wait_until_archived``: holds a report request until every event that
-  existed when it came is in PostgreSQL (see ``archiver.lag`` for why the
+  existed when it came is in PostgreSQL (see ``segments_core.streams`` for why the
   consumer group tells exactly that);
 - ``stream_csv``: the rows from PostgreSQL by ``COPY ... TO STDOUT`` in
   chunks, never the whole report in memory.
@@ -27,7 +27,7 @@ import msgspec
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from archiver.lag import AnyRedis, EntryId, GroupState, group_state, last_generated_ids
+from segments_core.streams import AnyRedis, EntryId, GroupState, group_state, last_generated_ids
 from service.errors import DomainError
 
 MAX_USER_ID = 2**63 - 1
@@ -177,7 +177,7 @@ class WaitResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def wait_until_archived(
-    redis: AnyRedis, timeout_s: float, poll_s: float = POLL_S
+    redis: AnyRedis, streams: list[str], timeout_s: float, poll_s: float = POLL_S
 ) -> WaitResult:
     """Wait until every history event appended before this call is archived.
 
@@ -185,7 +185,7 @@ async def wait_until_archived(
     returned before has its events at or below them.
     """
     started = time.monotonic()
-    targets = {s: t for s, t in (await last_generated_ids(redis)).items() if t != (0, 0)}
+    targets = {s: t for s, t in (await last_generated_ids(redis, streams)).items() if t != (0, 0)}
     states: list[GroupState] = []
     while True:
         states = list(await asyncio.gather(*(group_state(redis, s) for s in targets)))

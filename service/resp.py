@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
+from segments_core.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
 
 WATCHDOG_INTERVAL_S = 0.5
 """How often a connection checks that Redis still answers what it was sent."""

@@ -1,8 +1,11 @@
-"""Loads the Lua scripts of ``lua/`` and calls them by SHA.
+"""Loads the Lua scripts of ``service/lua/`` and calls them by SHA.
+
+The scripts are package data of ``service`` (read with ``importlib.resources``),
+so a wheel installed anywhere carries and finds them.
 
 A script's file is named ``verbNoun-<number of keys>.lua``; the loader takes
 the key count from the name and checks every call against it. Lines
-``--- @include "name"`` are replaced by ``lua/includes/name.lua``, so helpers
+``--- @include "name"`` are replaced by ``service/lua/includes/name.lua``, so helpers
 shared by several scripts are written once. A Redis that lost its script
 cache (restart, failover, ``SCRIPT FLUSH``) is given the script again on the
 next call.
@@ -14,20 +17,22 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
 from service.errors import ScriptArgumentError
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LUA_DIR: Traversable = resources.files("service") / "lua"
 _INCLUDE = re.compile(r'^--- @include "([A-Za-z0-9_]+)"$', re.MULTILINE)
 _NAME = re.compile(r"^([A-Za-z]+)-(\d+)\.lua$")
 
 
 def _expand(source: str) -> str:
-    return _INCLUDE.sub(lambda m: (LUA_DIR / "includes" / f"{m[1]}.lua").read_text(), source)
+    includes = LUA_DIR / "includes"  # the shared helpers, whichever directory is loaded
+    return _INCLUDE.sub(lambda m: (includes / f"{m[1]}.lua").read_text(), source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +64,11 @@ class LuaScript:
             raise
 
 
-def load_scripts(directory: Path = LUA_DIR) -> dict[str, LuaScript]:
+def load_scripts(directory: Traversable = LUA_DIR) -> dict[str, LuaScript]:
     """Every script of the directory by name (``changeMemberships``)."""
     scripts: dict[str, LuaScript] = {}
-    for path in sorted(directory.glob("*.lua")):
+    files = (f for f in directory.iterdir() if f.is_file() and f.name.endswith(".lua"))
+    for path in sorted(files, key=lambda f: f.name):
         match = _NAME.match(path.name)
         if match is None:
             raise ValueError(f"{path.name}: expected a name like verbNoun-3.lua")

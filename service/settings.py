@@ -9,13 +9,11 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import msgspec
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing or malformed; the message names it."""
+from segments_core import config
+from segments_core.config import ConfigError
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -33,20 +31,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     report_link_ttl_s: int = 3600
     report_wait_s: float = 5.0
     sweep_interval_s: float = 1.0
+    shards: int | None = None
+    """Logical shards of a new deployment; None: as stored (16 for a new one)."""
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.read_tokens or self.write_tokens)
-
-
-def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
-    value = env.get(name, "").strip()
-    if not value:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not (parts.hostname or parts.path):
-        raise ConfigError(f"{name} must be a URL starting with {' or '.join(schemes)}://")
-    return value
 
 
 def _tokens(raw: str) -> tuple[frozenset[str], frozenset[str]]:
@@ -92,10 +82,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if key and len(key) < 16:
         raise ConfigError("SEGMENTS_SIGNING_KEY must be at least 16 characters")
     read, write = _tokens(env.get("SEGMENTS_TOKENS", ""))
-    public = _url(env, "PUBLIC_URL", ("http", "https"))
+    public = config.url(env, "PUBLIC_URL", ("http", "https"))
     return Settings(
-        redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
-        database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
+        redis_url=config.redis_url(env),
+        database_url=config.database_url(env),
         public_url=public.rstrip("/") if public else None,
         signing_key=key.encode() if key else None,
         read_tokens=read,
@@ -104,4 +94,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         report_link_ttl_s=_positive_int(env, "SEGMENTS_REPORT_LINK_TTL", 3600),
         report_wait_s=_positive(env, "SEGMENTS_REPORT_WAIT", 5.0),
         sweep_interval_s=_positive(env, "SEGMENTS_SWEEP_INTERVAL", 1.0),
+        shards=config.shards(env),
     )

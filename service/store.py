@@ -16,10 +16,9 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 from redis.exceptions import NoScriptError
 
-from service import keys
-from service.clock import Clock, wall_clock_ms
+from segments_core.clock import Clock, wall_clock_ms
+from segments_core.keys import GLOBAL, Keyspace, ShardKeys
 from service.errors import SegmentExists, SegmentNotFound, UnknownSegments
-from service.keys import GLOBAL, SHARD_KEYS, ShardKeys
 from service.scripts import LuaScript, load_scripts
 
 PURGE_SCAN_COUNT = 1_000
@@ -80,11 +79,19 @@ def _segment(slug: str, raw: str) -> Segment:
 class Store:
     """The service's state, in one Redis or one Redis Cluster."""
 
-    def __init__(self, redis: Any, clock: Clock = wall_clock_ms, scripts_via: Any = None) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        clock: Clock = wall_clock_ms,
+        scripts_via: Any = None,
+        keyspace: Keyspace | None = None,
+    ) -> None:
         """``redis``: a redis-py client (single or Cluster) for plain commands;
         ``scripts_via``: where scripts run, e.g. a ``service.resp.RespConnection``
-        to the same single Redis (default: ``redis``)."""
+        to the same single Redis (default: ``redis``); ``keyspace``: the
+        deployment's shards (``segments_core.keys.load_keyspace``; default 16)."""
         self.redis = redis
+        self.keyspace = keyspace or Keyspace()
         self.conn = redis if scripts_via is None else scripts_via
         self.clock = clock
         self.scripts: dict[str, LuaScript] = load_scripts()
@@ -151,7 +158,7 @@ class Store:
                     [k.seg_id, k.seg_slug, k.seg_pct, k.seg_hi, k.seg_dying, k.seg_rev],
                     [segment_id, slug, self.clock()],
                 )
-                for k in SHARD_KEYS
+                for k in self.keyspace.shard_keys
             )
         )
         await self._each_shard_bounded(lambda k: self._purge_shard(k, segment_id))
@@ -187,7 +194,7 @@ class Store:
                     ],
                     [segment.id, segment.slug, segment.percent_x100, segment.rev, self.clock()],
                 )
-                for k in SHARD_KEYS
+                for k in self.keyspace.shard_keys
             )
         )
 
@@ -199,7 +206,7 @@ class Store:
             async with gate:
                 return await work(k)
 
-        return await asyncio.gather(*(gated(k) for k in SHARD_KEYS))
+        return await asyncio.gather(*(gated(k) for k in self.keyspace.shard_keys))
 
     async def _rollout(self, segment: Segment) -> tuple[int, int]:
         """Makes the segment's current percent true of every known user.
@@ -247,7 +254,7 @@ class Store:
         await self.sweep()
         totals: dict[int, int] = defaultdict(int)
         for shard_counts in await asyncio.gather(
-            *(self.redis.hgetall(k.counts) for k in SHARD_KEYS)
+            *(self.redis.hgetall(k.counts) for k in self.keyspace.shard_keys)
         ):
             for segment_id, n in shard_counts.items():
                 totals[int(segment_id)] += int(n)
@@ -258,7 +265,7 @@ class Store:
     async def register_users(self, user_ids: Iterable[int]) -> int:
         by_shard: dict[int, list[int]] = defaultdict(list)
         for uid in dict.fromkeys(user_ids):
-            by_shard[keys.shard_of(uid)].append(uid)
+            by_shard[self.keyspace.shard_of(uid)].append(uid)
         register = self.scripts["registerUsers"]
         now = self.clock()
         created = await asyncio.gather(
@@ -268,14 +275,14 @@ class Store:
                     [k.users, k.seg_slug, k.seg_pct, k.counts, k.events],
                     [k.user_prefix, now, *by_shard[k.shard]],
                 )
-                for k in SHARD_KEYS
+                for k in self.keyspace.shard_keys
                 if by_shard[k.shard]
             )
         )
         return sum(int(n) for n in created)
 
     async def delete_user(self, user_id: int) -> int:
-        k = keys.for_user(user_id)
+        k = self.keyspace.for_user(user_id)
         return int(
             await self.scripts["deleteUser"](
                 self.conn,
@@ -285,7 +292,7 @@ class Store:
         )
 
     def _get_keys(self, user_id: int) -> list[str]:
-        k = keys.for_user(user_id)
+        k = self.keyspace.for_user(user_id)
         return [k.user(user_id), k.users, k.seg_slug, k.seg_pct, k.counts, k.events]
 
     async def user_segments(self, user_id: int) -> list[Membership]:
@@ -314,7 +321,7 @@ class Store:
     async def change_user_segments(
         self, user_id: int, add: Sequence[AddItem], remove: Sequence[str]
     ) -> list[Membership]:
-        k = keys.for_user(user_id)
+        k = self.keyspace.for_user(user_id)
         args: list[Any] = [user_id, self.clock(), len(add)]
         for item in add:
             args += (item.slug, item.deadline_ms)
@@ -359,7 +366,7 @@ class Store:
                 if n < SWEEP_LIMIT:
                     return total
 
-        return sum(await asyncio.gather(*(shard(k) for k in SHARD_KEYS)))
+        return sum(await asyncio.gather(*(shard(k) for k in self.keyspace.shard_keys)))
 
     async def repair(self) -> None:
         """Finishes work a crashed process left half done.

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import redis
 
-from service.embedded import (
+from segments_dev.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     create_database,
@@ -166,7 +166,7 @@ class ManualClock:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    from service.clock import wall_clock_ms
+    from segments_core.clock import wall_clock_ms
 
     return ManualClock(wall_clock_ms())
 
@@ -200,7 +200,7 @@ def clocked_client(clean_redis_url: str, clock: ManualClock) -> Iterator[Any]:
 @pytest.fixture
 async def store(clean_redis_url: str, clock: ManualClock) -> AsyncIterator[Any]:
     """The domain layer on a clean Redis, with time driven by ``clock``."""
-    from service.redis_client import connect
+    from segments_core.redis_client import connect
     from service.store import Store
 
     redis = await connect(clean_redis_url)
@@ -216,7 +216,7 @@ async def store(clean_redis_url: str, clock: ManualClock) -> AsyncIterator[Any]:
 @pytest.fixture(name="db")
 def _history_db(pg_url: str) -> str:
     """The session database with the history schema migrated (and emptied)."""
-    from archiver.testing import prepare_database
+    from tests.support.history import prepare_database
 
     return prepare_database(pg_url)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from service.keys import SHARD_KEYS
+from tests.support import SHARD_KEYS
 
 MAX_ID = 2**63 - 1
 
@@ -424,8 +424,8 @@ def test_openapi_documents_every_endpoint_and_swagger_is_local(client: Any) -> N
 def test_redis_down_answers_503_quickly() -> None:
     from litestar.testing import TestClient
 
+    from segments_dev.embedded import EmbeddedRedis  # a private server we may stop
     from service.app import create_app
-    from service.embedded import EmbeddedRedis  # a private server we may stop
     from service.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -454,7 +454,7 @@ def test_a_user_in_thousands_of_segments(client: Any, clean_redis_url: str) -> N
     The memberships are written straight into the documented layout
     (docs/design.md) because creating 9,000 segments over HTTP takes long.
     """
-    from service.keys import for_user
+    from tests.support import for_user
 
     slugs = [f"S{i:05d}" for i in range(9_000)]
     k = for_user(1)

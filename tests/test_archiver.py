@@ -9,9 +9,11 @@ import time
 import psycopg
 from redis.asyncio import Redis
 
-from archiver.config import GROUP
-from archiver.lag import archiver_lag, format_id, group_state, trim_floor
-from archiver.testing import (
+from segments_core.keys import GLOBAL, dead_letter_key
+from segments_core.streams import GROUP, archiver_lag, format_id, group_state, trim_floor
+from service.reports import wait_until_archived
+from tests.support import for_user, history_streams
+from tests.support.history import (
     Event,
     add_events,
     add_lifecycle,
@@ -20,14 +22,12 @@ from archiver.testing import (
     prepare_database,
     running_archiver,
 )
-from service.keys import GLOBAL, dead_letter_key, for_user, history_streams
-from service.reports import wait_until_archived
 
 NOW_MS = int(time.time() * 1000)
 
 
 async def caught_up(redis: Redis, timeout_s: float = 20.0) -> None:
-    result = await wait_until_archived(redis, timeout_s)
+    result = await wait_until_archived(redis, history_streams(), timeout_s)
     assert result.caught_up, "the archiver did not catch up"
 
 
@@ -243,18 +243,18 @@ async def test_lag_and_the_wait_for_the_archiver(
     redis: Redis, clean_redis_url: str, db: str
 ) -> None:
     keys = await add_events(redis, events(100))
-    lag = await archiver_lag(redis)
+    lag = await archiver_lag(redis, history_streams())
     assert lag.max_lag_s > 0 and lag.pending == 0
     assert not all(s.group for s in lag.streams if s.stream != GLOBAL.events)
-    waited = await wait_until_archived(redis, 0.2)
+    waited = await wait_until_archived(redis, history_streams(), 0.2)
     assert not waited.caught_up and waited.waited_s >= 0.2 and waited.behind_s > 0
     async with running_archiver(clean_redis_url, db):
         await caught_up(redis)
-        lag = await archiver_lag(redis)
+        lag = await archiver_lag(redis, history_streams())
         assert lag.max_lag_s == 0 and lag.pending == 0
         # Right after a change, the wait returns once that change is archived.
         (key,) = await add_events(redis, [Event(user_id=77, segment="LAST", ts_ms=NOW_MS)])
-        assert (await wait_until_archived(redis, 10)).caught_up
+        assert (await wait_until_archived(redis, history_streams(), 10)).caught_up
         assert archived(db)[key] == 1
     assert len(archived(db)) == len(keys) + 1
     state = await group_state(redis, key[0])
@@ -266,6 +266,6 @@ async def test_lag_counts_pending_entries(redis: Redis, clean_redis_url: str, db
     stream = for_user(1).events
     await redis.xgroup_create(stream, GROUP, id="0")
     await redis.xreadgroup(GROUP, "slow", {stream: ">"}, count=5)
-    lag = await archiver_lag(redis)
+    lag = await archiver_lag(redis, history_streams())
     (mine,) = [s for s in lag.streams if s.stream == stream]
     assert mine.pending == 5 and mine.group and mine.lag_s > 0

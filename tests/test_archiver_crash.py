@@ -16,9 +16,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from archiver.config import GROUP
-from archiver.lag import archiver_lag
-from archiver.testing import (
+from segments_core.streams import GROUP, archiver_lag
+from service.reports import wait_until_archived
+from tests.support import history_streams
+from tests.support.history import (
     Event,
     EventKey,
     add_events,
@@ -27,8 +28,6 @@ from archiver.testing import (
     prepare_database,
     spawn_archiver,
 )
-from service.keys import history_streams
-from service.reports import wait_until_archived
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +71,7 @@ async def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def caught_up(redis: Redis, log: Path, timeout_s: float = 60.0) -> None:
-    result = await wait_until_archived(redis, timeout_s)
+    result = await wait_until_archived(redis, history_streams(), timeout_s)
     assert result.caught_up, "archiver did not catch up; its log:\n" + log.read_text()[-3000:]
 
 
@@ -175,9 +174,9 @@ async def test_postgres_down_while_events_flow(
         for i in range(10):
             keys += await add_events(redis, events(200, offset=500 + i * 200))
             await asyncio.sleep(0.1)
-        lag = await archiver_lag(redis)
+        lag = await archiver_lag(redis, history_streams())
         assert lag.max_lag_s > 0, "events were archived with PostgreSQL down?"
-        assert not (await wait_until_archived(redis, 0.5)).caught_up
+        assert not (await wait_until_archived(redis, history_streams(), 0.5)).caught_up
 
         await asyncio.to_thread(private_pg.start)
         await caught_up(redis, log)

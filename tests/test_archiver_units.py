@@ -9,8 +9,8 @@ import pytest
 
 from archiver import config, faults
 from archiver.events import EntryError, Row, lifecycle_row, membership_row
-from archiver.lag import GroupState, parse_id
 from archiver.writer import months_of
+from segments_core.streams import GroupState, parse_id
 from service.settings import ConfigError
 
 NOW = 1_700_000_000_000

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,7 +55,7 @@ def test_published_vectors(slug: str, user_id: int, hex8: str, expected: float) 
 
 
 def test_vectors_are_published_in_the_docs() -> None:
-    doc = (LUA_DIR.parent / "docs" / "percent.md").read_text()
+    doc = (Path(__file__).parent.parent / "docs" / "percent.md").read_text()
     for slug, user_id, hex8, expected in VECTORS:
         row = f"| `{slug}` | {user_id} | `{hex8}` | {expected:.2f} |"
         assert row in doc, f"docs/percent.md lacks the vector row {row}"

@@ -19,8 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from service.cli import dev_signing_key, main
-from service.embedded import free_port
+from segments_cli.main import main
+from segments_dev.embedded import free_port
+from segments_dev.run import dev_signing_key
 
 CONFIG_VARS = (
     "REDIS_URL",
@@ -35,7 +36,7 @@ CONFIG_VARS = (
 def _segments() -> list[str]:
     """The installed console script (next to this interpreter), else ``python -m``."""
     script = Path(sys.executable).parent / "segments"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "segments_cli"]
 
 
 def _env(**overrides: str) -> dict[str, str]:
@@ -206,7 +207,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _subcommands() -> set[str]:
-    from service.cli import build_parser
+    from segments_cli.main import build_parser
 
     parser = build_parser()
     for action in parser._actions:
@@ -240,9 +241,17 @@ def test_compose_file_runs_the_stack() -> None:
 
 def test_dockerfile_copies_what_exists() -> None:
     for line in (ROOT / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and "--from=" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
+
+
+def test_dockerfile_installs_the_wheel_as_a_non_root_user() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "pip install -e" not in text
+    assert "pip wheel" in text and "/wheels/*.whl" in text
+    assert "USER segments" in text
+    assert "[dev]" not in text  # no embedded servers in the production image
 
 
 def test_readme_holds_the_ci_test_command() -> None:
@@ -251,4 +260,4 @@ def test_readme_holds_the_ci_test_command() -> None:
     command = line.split("=", 1)[1].strip('"')
     readme = (ROOT / "README.md").read_text().splitlines()
     assert command in readme
-    assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/segments dev" in readme
+    assert "python3 -m venv .venv && .venv/bin/pip install '.[dev]' && .venv/bin/segments dev" in readme

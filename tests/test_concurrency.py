@@ -27,11 +27,12 @@ from typing import Any
 import pytest
 from model import Event, replay
 
+from segments_core.keys import GLOBAL
+from segments_core.redis_client import connect
 from service import store as store_module
 from service.errors import SegmentNotFound, UnknownSegments
-from service.keys import GLOBAL, SHARD_KEYS, for_user, shard_of
-from service.redis_client import connect
 from service.store import AddItem, Store
+from tests.support import SHARD_KEYS, for_user, shard_of
 
 SLUGS = ["A", "B", "C", "D"]
 USERS = [1, 2, 7, 17, 42]

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import redis
 
-from service.embedded import (
+from segments_dev.embedded import (
     EmbeddedError,
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -182,7 +182,7 @@ def test_leftover_server_of_a_killed_process_is_replaced(data_dir: Path) -> None
     port = free_port()
     script = (
         "import sys, time\n"
-        "from service.embedded import EmbeddedRedis, EmbeddedPostgres\n"
+        "from segments_dev.embedded import EmbeddedRedis, EmbeddedPostgres\n"
         f"EmbeddedRedis({str(data_dir / 'redis')!r}, port={port}).start()\n"
         f"EmbeddedPostgres({str(data_dir / 'pg')!r}, durable=False).start()\n"
         "print('ready', flush=True)\n"

@@ -41,11 +41,12 @@ from model import (
     matches_blocks,
 )
 
+from segments_core.keys import GLOBAL
+from segments_core.redis_client import connect
 from service.errors import SegmentExists, SegmentNotFound, UnknownSegments
-from service.keys import GLOBAL, SHARD_KEYS, for_user, shard_of
 from service.models import MAX_USER_ID
-from service.redis_client import connect
 from service.store import AddItem, Store
+from tests.support import SHARD_KEYS, for_user, shard_of
 
 START_MS = 1_700_000_000_000
 SLUGS = ["A", "B", "C"]

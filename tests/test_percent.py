@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import redis
 
+from segments_core.keys import GLOBAL
 from service.bucket import bucket_steps, in_cohort
-from service.keys import GLOBAL, SHARD_KEYS
+from tests.support import SHARD_KEYS
 
 API = "/api/v1"
 

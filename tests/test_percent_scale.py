@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import redis
 
-from service import keys
 from service.bucket import in_cohort
+from tests.support import KEYSPACE
 
 pytestmark = pytest.mark.scale
 
@@ -50,7 +50,7 @@ def _probe(
             else:
                 fresh += 1
                 uid = fresh
-            k = keys.for_user(uid)
+            k = KEYSPACE.for_user(uid)
             args = [k.user(uid), k.users, k.seg_slug, k.seg_pct, k.counts, k.events]
             t0 = time.perf_counter()
             client.evalsha(sha, len(args), *args, uid, now_ms)
@@ -106,7 +106,7 @@ async def test_10_percent_over_200k_users_with_lookups_running(
     try:
         rows = [
             (int(f["u"]), f["o"], f["r"])
-            for k in keys.SHARD_KEYS
+            for k in KEYSPACE.shard_keys
             for _id, f in client.xrange(k.events)
             if f["s"] == slug
         ]

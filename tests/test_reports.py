@@ -35,7 +35,6 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from archiver.bench import fill_history
-from archiver.testing import Event, add_events, archiver_in_thread, prepare_database
 from service.api.history import ROUTES
 from service.errors import DomainError
 from service.reports import (
@@ -48,6 +47,7 @@ from service.reports import (
 )
 from service.settings import Settings
 from service.store import Store
+from tests.support.history import Event, add_events, archiver_in_thread, prepare_database
 
 KEY = b"test-signing-key-0123456789"
 

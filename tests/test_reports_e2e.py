@@ -15,9 +15,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from archiver.testing import archiver_in_thread, prepare_database
 from service.app import create_app
 from service.settings import Settings
+from tests.support.history import archiver_in_thread, prepare_database
 
 KEY = b"e2e-signing-key-0123456789"
 REPORT = "/api/v1/history/report"

@@ -1,7 +1,7 @@
 """Fast unit tests: key names, request validation, time helpers, settings.
 
-No server is needed: these are pure functions of ``service.keys``,
-``service.models``, ``service.clock`` and ``service.settings``.
+No server is needed: these are pure functions of ``segments_core.keys``,
+``service.models``, ``segments_core.clock`` and ``service.settings``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import keys
-from service.clock import from_datetime, to_datetime, wall_clock_ms
+from segments_core import keys
+from segments_core.clock import from_datetime, to_datetime, wall_clock_ms
 from service.models import (
     MAX_USER_ID,
     ChangeRequest,
@@ -26,8 +26,9 @@ from service.models import (
     percent_x100,
 )
 from service.settings import ConfigError, load
+from tests.support import KEYSPACE
 
-# --- service.keys -------------------------------------------------------------
+# --- segments_core.keys -------------------------------------------------------------
 
 # crc32(decimal id) % 16, computed once and pinned: a change here moves users
 # to other shards, which is a data migration (docs/design.md).
@@ -51,15 +52,15 @@ PINNED_SHARDS = {
 
 @pytest.mark.parametrize(("user_id", "shard"), sorted(PINNED_SHARDS.items()))
 def test_shard_of_is_pinned(user_id: int, shard: int) -> None:
-    assert keys.shard_of(user_id) == shard
+    assert KEYSPACE.shard_of(user_id) == shard
 
 
 def test_sixteen_shards_each_with_its_own_tag() -> None:
-    assert keys.SHARDS == 16
-    assert len(keys.SHARD_KEYS) == 16
-    tags = [k.tag for k in keys.SHARD_KEYS]
+    assert keys.DEFAULT_SHARDS == 16
+    assert len(KEYSPACE.shard_keys) == 16
+    tags = [k.tag for k in KEYSPACE.shard_keys]
     assert tags == [f"{{s{i:02d}}}" for i in range(16)]
-    assert [k.shard for k in keys.SHARD_KEYS] == list(range(16))
+    assert [k.shard for k in KEYSPACE.shard_keys] == list(range(16))
 
 
 def _hash_tag(key: str) -> str:
@@ -71,7 +72,7 @@ def _hash_tag(key: str) -> str:
 
 @pytest.mark.parametrize("shard", range(16))
 def test_every_key_of_a_shard_shares_its_hash_tag(shard: int) -> None:
-    k = keys.SHARD_KEYS[shard]
+    k = KEYSPACE.shard_keys[shard]
     names = [
         k.seg_id,
         k.seg_slug,
@@ -103,28 +104,29 @@ def test_global_keys_share_the_global_tag() -> None:
 
 
 def test_keys_of_different_shards_never_collide() -> None:
-    every = [getattr(k, f) for k in keys.SHARD_KEYS for f in ("users", "events", "due", "counts")]
+    fields = ("users", "events", "due", "counts")
+    every = [getattr(k, f) for k in KEYSPACE.shard_keys for f in fields]
     assert len(set(every)) == len(every)
 
 
 @given(st.integers(min_value=1, max_value=MAX_USER_ID))
 def test_for_user_is_the_users_shard(user_id: int) -> None:
-    k = keys.for_user(user_id)
+    k = KEYSPACE.for_user(user_id)
     assert 0 <= k.shard < 16
-    assert k is keys.SHARD_KEYS[keys.shard_of(user_id)]
+    assert k is KEYSPACE.shard_keys[KEYSPACE.shard_of(user_id)]
     assert k.user(user_id) == f"{{s{k.shard:02d}}}:u:{user_id}"
 
 
 def test_history_streams_are_global_then_each_shard() -> None:
-    streams = keys.history_streams()
+    streams = KEYSPACE.history_streams()
     assert streams[0] == keys.GLOBAL.events
-    assert streams[1:] == [k.events for k in keys.SHARD_KEYS]
+    assert streams[1:] == [k.events for k in KEYSPACE.shard_keys]
 
 
 def test_users_spread_over_every_shard() -> None:
     counts = [0] * 16
     for uid in range(1, 16_001):
-        counts[keys.shard_of(uid)] += 1
+        counts[KEYSPACE.shard_of(uid)] += 1
     # crc32 is close to uniform: every shard gets a fair share.
     assert min(counts) > 800 and max(counts) < 1200, counts
 
@@ -346,7 +348,7 @@ def test_slugs_are_case_sensitive_so_a_and_lower_a_are_distinct() -> None:
     assert got.add == ["A"] and got.remove == ["a"]
 
 
-# --- service.clock ---------------------------------------------------------------
+# --- segments_core.clock ---------------------------------------------------------------
 
 
 def test_clock_known_values() -> None:

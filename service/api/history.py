@@ -29,7 +29,7 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from psycopg_pool import AsyncConnectionPool
 
-from archiver import metrics
+from service import metrics
 from service.models import ErrorBody
 from service.reports import (
     MAX_USER_ID,
@@ -106,7 +106,7 @@ async def report_link(
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(store.sweep(), settings.report_wait_s)
     remaining = max(0.0, settings.report_wait_s - (time.monotonic() - started))
-    waited = await wait_until_archived(redis, remaining)
+    waited = await wait_until_archived(redis, store.keyspace.history_streams(), remaining)
     metrics.REPORT_WAIT_SECONDS.observe(waited.waited_s)
     if not waited.caught_up:
         metrics.REPORT_LINKS.labels("timeout").inc()

@@ -10,8 +10,7 @@ from litestar.di import NamedDependency
 from prometheus_client import REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
-from archiver.metrics import refresh_lag
-from service.metrics import render_metrics
+from service.metrics import refresh_lag, render_metrics
 from service.store import Store
 
 READY_TIMEOUT_S = 1.0
@@ -47,7 +46,7 @@ async def readyz(store: NamedDependency[Store]) -> Response[dict[str, Any]]:
 )
 async def metrics(store: NamedDependency[Store]) -> Response[bytes]:
     body, content_type = await render_metrics(store)
-    await refresh_lag(store.redis)
+    await refresh_lag(store.redis, store.keyspace.history_streams())
     return Response(body + generate_latest(REGISTRY), media_type=content_type)
 
 

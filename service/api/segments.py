@@ -10,7 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from msgspec import UNSET
 
-from service.clock import to_datetime
+from segments_core.clock import to_datetime
 from service.models import (
     SLUG_PATTERN,
     ErrorBody,

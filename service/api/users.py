@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
-from service.clock import from_datetime, to_datetime
+from segments_core.clock import from_datetime, to_datetime
 from service.errors import InvalidRequest
 from service.models import (
     MAX_USER_ID,

@@ -25,7 +25,8 @@ from archiver import config as config_module
 from archiver import worker
 from archiver.config import ArchiverConfig
 from archiver.migrate import migrate
-from service.keys import GLOBAL, for_user
+from segments_core.keys import GLOBAL
+from tests.support import for_user
 
 EventKey = tuple[str, int, int]
 """(stream, entry ms, entry seq): an event's identity."""

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from archiver.config import GROUP
-from service.keys import history_streams
+GROUP = "archiver"
+"""The archiver's consumer group; every archiver joins it to share the work."""
 
 AnyRedis = Redis | RedisCluster
 EntryId = tuple[int, int]
@@ -83,11 +83,8 @@ class GroupState(msgspec.Struct, frozen=True, kw_only=True):
         return min(self.pending_min, nxt) if self.pending_min is not None else nxt
 
 
-async def last_generated_ids(
-    redis: AnyRedis, streams: list[str] | None = None
-) -> dict[str, EntryId]:
+async def last_generated_ids(redis: AnyRedis, streams: list[str]) -> dict[str, EntryId]:
     """Each stream's last generated id: the ids every event so far is at or below."""
-    streams = history_streams() if streams is None else streams
 
     async def one(stream: str) -> EntryId:
         try:
@@ -177,9 +174,8 @@ async def _oldest_unarchived_ms(redis: AnyRedis, state: GroupState) -> int | Non
     return min(candidates) if candidates else None
 
 
-async def archiver_lag(redis: AnyRedis, group: str = GROUP) -> ArchiverLag:
+async def archiver_lag(redis: AnyRedis, streams: list[str], group: str = GROUP) -> ArchiverLag:
     """Per stream: pending count, undelivered count and lag seconds; for /readyz."""
-    streams = history_streams()
     states = await asyncio.gather(*(group_state(redis, s, group) for s in streams))
     oldest = await asyncio.gather(*(_oldest_unarchived_ms(redis, s) for s in states))
     now_ms = time.time() * 1000

@@ -1,0 +1,5 @@
+"""The ``segments`` console command (``segments_cli.main``)."""
+
+from segments_cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,196 @@
+"""The ``segments`` command: serve, archiver, migrate, dev, bench.
+
+The one place that knows every package: it sits above the API (``service``),
+the archiver (``archiver``), the dev servers (``segments_dev``) and the bench
+(``bench``), and imports each only when its command runs.
+
+Configuration comes from the environment (``service/settings.py``); a bad
+value prints a message naming the variable and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+
+from service import settings as settings_module
+from service.settings import ConfigError
+
+APP_FACTORY = "service.app:create_app"
+
+EPILOG = """\
+environment:
+  REDIS_URL              Redis (single node or any node of a Redis Cluster)
+  DATABASE_URL           PostgreSQL for the history
+  PUBLIC_URL             base of report links (default: the request's host)
+  SEGMENTS_SIGNING_KEY   HMAC key of report links (16+ characters)
+  SEGMENTS_TOKENS        bearer tokens, e.g. 'tok1:read,tok2:write' (default: no auth)
+  SEGMENTS_DATA_DIR      data folder of `segments dev` (default: .data)
+
+`segments dev` starts embedded Redis and PostgreSQL when REDIS_URL /
+DATABASE_URL are not set.
+"""
+
+
+def _say(message: str) -> None:
+    print(f"segments: {message}", file=sys.stderr, flush=True)
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class Unavailable(RuntimeError):
+    """A part of the project this command needs is missing from the installation."""
+
+
+def _load(module: str, attr: str) -> Callable[..., object]:
+    """``module.attr``, imported only when its command runs."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            raise Unavailable(f"{module} is not available in this installation") from exc
+        raise
+    func: Callable[..., object] = getattr(mod, attr)
+    return func
+
+
+def _exit_code(result: object) -> int:
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return result if isinstance(result, int) else 0
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def _require(value: str | None, name: str) -> str:
+    if value is None:
+        raise ConfigError(f"{name} is not set (only `segments dev` starts embedded servers)")
+    return value
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_module.load()  # a bad value stops here, before any worker starts
+    _require(settings.redis_url, "REDIS_URL")
+    import uvicorn
+
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop" if _module_exists("uvloop") else "asyncio",
+        http="httptools" if _module_exists("httptools") else "h11",
+        lifespan="on",
+        # Off by default: report links carry their signature in the query string.
+        access_log=args.access_log,
+        log_level=args.log_level,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+# -- archiver, migrate, bench ------------------------------------------------------------------
+
+
+def cmd_archiver(args: argparse.Namespace) -> int:
+    settings = settings_module.load()
+    _require(settings.redis_url, "REDIS_URL")
+    _require(settings.database_url, "DATABASE_URL")
+    return _exit_code(_load("archiver.worker", "main")())
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = settings_module.load()
+    _load("archiver.migrate", "migrate_and_report")(_require(settings.database_url, "DATABASE_URL"))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    return _exit_code(_load("segments_dev.run", "run")(args.host, args.port, args.access_log))
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    return _exit_code(_load("bench.cli", "main")(list(argv)))
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segments",
+        description="Segments: Redis-native user segmentation service.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_http_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+        p.add_argument(
+            "--access-log",
+            action="store_true",
+            help="log every request (off by default: report links carry signatures)",
+        )
+
+    serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    add_http_options(serve)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    dev = sub.add_parser(
+        "dev",
+        help="API + archiver for a laptop (embedded Redis/PostgreSQL unless configured)",
+    )
+    add_http_options(dev)
+    dev.set_defaults(func=cmd_dev)
+
+    sub.add_parser("archiver", help="move history from Redis streams to PostgreSQL").set_defaults(
+        func=cmd_archiver
+    )
+    sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema").set_defaults(
+        func=cmd_migrate
+    )
+    sub.add_parser("bench", help="load benchmark (see: segments bench --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except ConfigError as exc:
+        print(f"segments: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Unavailable as exc:
+        print(f"segments: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
