@@ -260,4 +260,5 @@ def test_readme_holds_the_ci_test_command() -> None:
     command = line.split("=", 1)[1].strip('"')
     readme = (ROOT / "README.md").read_text().splitlines()
     assert command in readme
-    assert "python3 -m venv .venv && .venv/bin/pip install '.[dev]' && .venv/bin/segments dev" in readme
+    run = "python3 -m venv .venv && .venv/bin/pip install '.[dev]' && .venv/bin/segments dev"
+    assert run in readme
