@@ -5,9 +5,20 @@ holding its row committed (or after copying it to the dead-letter stream).
 So, for a stream and a target id T, every entry up to T is archived exactly
 when the group has delivered past T (``last-delivered-id >= T``) and no entry
 up to T is still pending (the smallest pending id is above T, or nothing is
-pending). Both are read in one MULTI, an atomic snapshot of the group.
+pending).
 
-The same snapshot gives the trim floor: every entry below
+The two are read one after the other, last-delivered-id first, not in one
+MULTI: on Redis Cluster redis-py runs a transaction on a thread and event
+loop of its own, which stalls the caller's loop and breaks when a node
+fails. The order makes the answer safe without a snapshot. An entry that
+was delivered when the first read ran stays pending until it is
+acknowledged (a claim moves it between consumers, still pending), so if the
+later read finds nothing pending up to T, every entry up to the delivered
+id of the first read was acknowledged. Read in the other order, entries
+delivered in between would count as archived. The answer can only be late,
+never early.
+
+The same two reads give the trim floor: every entry below
 ``min(smallest pending id, last-delivered-id + 1)`` is archived.
 
 Only single-key commands of Redis 6.2 are used, so this works the same on a
@@ -54,7 +65,7 @@ def _text(value: bytes | str) -> str:
 
 
 class GroupState(msgspec.Struct, frozen=True, kw_only=True):
-    """One stream seen by one consumer group, at one instant."""
+    """One stream seen by one consumer group (read as ``group_state`` explains)."""
 
     stream: str
     exists: bool
@@ -99,25 +110,30 @@ async def last_generated_ids(redis: AnyRedis, streams: list[str]) -> dict[str, E
     return dict(zip(streams, ids, strict=True))
 
 
+def _missing(exc: ResponseError) -> bool:
+    return "no such key" in str(exc).lower()
+
+
 async def group_state(redis: AnyRedis, stream: str, group: str = GROUP) -> GroupState:
-    """The group's view of ``stream``, atomically (one MULTI on one key)."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.xinfo_stream(stream)
-    pipe.xinfo_groups(stream)
-    pipe.xpending(stream, group)
-    stream_info, groups, pending = await pipe.execute(raise_on_error=False)
-    if isinstance(stream_info, ResponseError):
-        if "no such key" in str(stream_info).lower():
+    """The group's view of ``stream``: three reads, in the order the module doc explains."""
+    try:
+        stream_info = await redis.xinfo_stream(stream)
+    except ResponseError as exc:
+        if _missing(exc):
             return GroupState(stream=stream, exists=False, last_generated=ZERO)
-        raise stream_info
+        raise
     last_generated = parse_id(stream_info["last-generated-id"])
-    if isinstance(groups, Exception):
-        raise groups
-    mine: dict[str, Any] | None = next((g for g in groups if _text(g["name"]) == group), None)
-    if mine is None:
-        return GroupState(stream=stream, exists=False, last_generated=last_generated)
-    if isinstance(pending, Exception):
-        raise pending
+    try:
+        groups = await redis.xinfo_groups(stream)
+        mine: dict[str, Any] | None = next((g for g in groups if _text(g["name"]) == group), None)
+        if mine is None:
+            return GroupState(stream=stream, exists=False, last_generated=last_generated)
+        pending = await redis.xpending(stream, group)
+    except ResponseError as exc:
+        # The stream or the group went away between two reads (deleted by hand).
+        if _missing(exc) or "NOGROUP" in str(exc):
+            return GroupState(stream=stream, exists=False, last_generated=last_generated)
+        raise
     count = int(pending["pending"])
     lag = mine.get("lag")
     return GroupState(

@@ -184,7 +184,9 @@ class RedisClusterServers:
         node_timeout_ms: int = NODE_TIMEOUT_MS,
     ) -> None:
         self._own_folder = folder is None
-        self.folder = Path(tempfile.mkdtemp(prefix="segments-cluster-")) if folder is None else folder
+        self.folder = (
+            Path(tempfile.mkdtemp(prefix="segments-cluster-")) if folder is None else folder
+        )
         self.masters_wanted = masters
         self.replicas_wanted = replicas
         self.node_timeout_ms = node_timeout_ms
@@ -259,9 +261,7 @@ class RedisClusterServers:
             "--repl-diskless-sync", "yes",
             "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
-        node.proc = subprocess.Popen(  # noqa: S603 (our own binary and arguments)
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        node.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _wait_answers(self, node: Node) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -283,7 +283,7 @@ class RedisClusterServers:
             "--cluster-replicas", str(self.replicas_wanted),
             "--cluster-yes",
         ]  # fmt: skip
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             command, capture_output=True, text=True, timeout=READY_TIMEOUT_S, check=False
         )
         if done.returncode != 0:
