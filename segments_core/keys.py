@@ -36,6 +36,8 @@ class GlobalKeys:
     events: str = f"{GLOBAL_TAG}:events"
     shards: str = f"{GLOBAL_TAG}:shards"
     """The deployment's number of logical shards, set once at initialisation."""
+    trimmed: str = f"{GLOBAL_TAG}:trimmed"
+    """Sorted set: history stream -> ms of its highest trim point (segments_core.retention)."""
 
 
 GLOBAL = GlobalKeys()

@@ -28,12 +28,14 @@ from segments_core.clock import Clock, wall_clock_ms
 from segments_core.keys import load_keyspace
 from segments_core.redis_client import connect
 from service import hotpath, sweeper
+from service.api.changes import ROUTES as CHANGES_ROUTES
 from service.api.history import ROUTES as HISTORY_ROUTES
 from service.api.ops import OPS_ROUTES
 from service.api.segments import SegmentController
 from service.api.users import UserController
 from service.auth import require_token
 from service.errors import DomainError, error_body
+from service.feed import FeedHub, end_streams_on_exit, open_hub
 from service.resp import RespConnection
 from service.settings import Settings, load
 from service.store import Store
@@ -110,6 +112,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             await pg.open(wait=False)
         app.state.pg = pg
         upkeep = asyncio.create_task(sweeper.run(store, settings.sweep_interval_s))
+        # The change feed's one reader of the streams for this process.
+        feed = await open_hub(redis_url, keyspace)
+        app.state.feed = feed
+        restore_signals = end_streams_on_exit(feed)
         # Objects made at start-up live for ever: keep the collector off them,
         # which takes the long GC pauses out of the latency tail.
         gc.collect()
@@ -117,6 +123,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
         try:
             yield
         finally:
+            restore_signals()
+            await feed.stop()
             upkeep.cancel()
             # Bounded: a task cancelled while redis-py is opening a connection
             # can take long to unwind, and shutdown must not hang on it.
@@ -136,6 +144,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
     def provide_settings(state: State) -> Settings:
         return state.settings  # type: ignore[no-any-return]
 
+    def provide_feed(state: State) -> FeedHub:
+        return state.feed  # type: ignore[no-any-return]
+
     def provide_pg(state: State) -> AsyncConnectionPool:
         if state.pg is None:
             raise ServiceUnavailableException("history database not configured (DATABASE_URL)")
@@ -148,6 +159,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             UserController,
             *OPS_ROUTES,
             *HISTORY_ROUTES,
+            *CHANGES_ROUTES,
             create_static_files_router(path="/schema/assets", directories=[assets]),
         ],
         # No tokens configured: no guard at all (it costs a handler copy per request).
@@ -158,6 +170,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             "redis": Provide(provide_redis, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
             "pg": Provide(provide_pg, sync_to_thread=False),
+            "feed": Provide(provide_feed, sync_to_thread=False),
         },
         exception_handlers={
             DomainError: _domain_error,
