@@ -1,19 +1,22 @@
 """The archiver's knobs: each a named default with its reason, overridable
-from the environment (``SEGMENTS_ARCHIVER_<NAME>``).
+from the environment (``SEGMENTS_ARCHIVER_<NAME>``, declared on the fields of
+``ArchiverConfig``).
 
 A bad value stops start-up with a message naming the variable, as
-``service.settings`` does for the rest of the configuration.
+``service.settings`` does for the rest of the configuration. The crash-test
+hook is not a setting: ``archiver.faults`` reads its own variable.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Mapping
+from typing import Annotated
 
 import msgspec
 
-from segments_core.config import ConfigError
+from segments_core import config
+from segments_core.config import ConfigError, Setting, boolean, number, text, whole
 from segments_core.streams import GROUP
 
 BATCH_SIZE = 5000
@@ -64,96 +67,137 @@ PARTITIONS_AHEAD = 2
 """Month partitions kept ready after the current one."""
 
 
+def _prefixed(name: str) -> str:
+    return "SEGMENTS_ARCHIVER_" + name
+
+
+def _metrics_port(raw: str) -> int | None:
+    return whole(0)(raw) or None
+
+
 class ArchiverConfig(msgspec.Struct, kw_only=True, frozen=True):
-    consumer: str
+    """The archiver's settings, each field declared with its variable
+    (``segments_core.config``); the defaults are the constants above."""
+
+    consumer: Annotated[
+        str,
+        Setting(
+            _prefixed("NAME"),
+            text,
+            "consumer name; stable across restarts, its own for each archiver on one host",
+            default="the host name",
+        ),
+    ] = msgspec.field(default_factory=socket.gethostname)
     """This archiver's name in the group. Stable across restarts (host name by
     default), so a restarted archiver drains its own pending entries first;
     give each archiver on one host its own name."""
-    group: str = GROUP
-    batch_size: int = BATCH_SIZE
-    block_ms: int = BLOCK_MS
-    linger_ms: int = LINGER_MS
-    claim_idle_ms: int = CLAIM_IDLE_MS
-    claim_interval_ms: int = CLAIM_INTERVAL_MS
-    max_attempts: int = MAX_ATTEMPTS
-    pg_connections: int = PG_CONNECTIONS
-    retry_min_s: float = RETRY_MIN_S
-    retry_max_s: float = RETRY_MAX_S
-    trim_interval_ms: int = TRIM_INTERVAL_MS
-    partition_check_s: float = PARTITION_CHECK_S
-    partitions_ahead: int = PARTITIONS_AHEAD
-    trim: bool = True
+    group: Annotated[str, Setting(_prefixed("GROUP"), text, "consumer group")] = GROUP
+    batch_size: Annotated[
+        int,
+        Setting(
+            _prefixed("BATCH_SIZE"),
+            whole(1),
+            "entries per read per stream, so per transaction",
+        ),
+    ] = BATCH_SIZE
+    block_ms: Annotated[
+        int, Setting(_prefixed("BLOCK_MS"), whole(1), "how long a read waits for new entries")
+    ] = BLOCK_MS
+    linger_ms: Annotated[
+        int,
+        Setting(
+            _prefixed("LINGER_MS"),
+            whole(0),
+            "after a batch smaller than the batch size, wait this long before reading again:"
+            " fewer, larger transactions under a steady trickle (0: off)",
+        ),
+    ] = LINGER_MS
+    claim_idle_ms: Annotated[
+        int,
+        Setting(
+            _prefixed("CLAIM_IDLE_MS"),
+            whole(1),
+            "idle time after which another consumer's entry is claimed",
+        ),
+    ] = CLAIM_IDLE_MS
+    claim_interval_ms: Annotated[
+        int,
+        Setting(
+            _prefixed("CLAIM_INTERVAL_MS"),
+            whole(1),
+            "how often each stream is scanned for idle entries",
+        ),
+    ] = CLAIM_INTERVAL_MS
+    max_attempts: Annotated[
+        int,
+        Setting(
+            _prefixed("MAX_ATTEMPTS"),
+            whole(1),
+            "rejections of one row before it is dead-lettered",
+        ),
+    ] = MAX_ATTEMPTS
+    pg_connections: Annotated[
+        int,
+        Setting(
+            _prefixed("PG_CONNECTIONS"),
+            whole(1),
+            "PostgreSQL connections (batches commit in parallel)",
+        ),
+    ] = PG_CONNECTIONS
+    retry_min_s: Annotated[
+        float,
+        Setting(_prefixed("RETRY_MIN_S"), number, "first back-off after a failure, seconds"),
+    ] = RETRY_MIN_S
+    retry_max_s: Annotated[
+        float,
+        Setting(_prefixed("RETRY_MAX_S"), number, "longest back-off after failures, seconds"),
+    ] = RETRY_MAX_S
+    trim_interval_ms: Annotated[
+        int,
+        Setting(_prefixed("TRIM_INTERVAL_MS"), whole(1), "how often a stream is trimmed"),
+    ] = TRIM_INTERVAL_MS
+    partition_check_s: Annotated[
+        float,
+        Setting(
+            _prefixed("PARTITION_CHECK_S"),
+            number,
+            "how often the month partitions ahead are (re)created, seconds",
+        ),
+    ] = PARTITION_CHECK_S
+    partitions_ahead: Annotated[
+        int,
+        Setting(
+            _prefixed("PARTITIONS_AHEAD"),
+            whole(0),
+            "month partitions kept ready after the current one",
+        ),
+    ] = PARTITIONS_AHEAD
+    trim: Annotated[
+        bool,
+        Setting(
+            _prefixed("TRIM"),
+            boolean,
+            "`false` keeps archived entries in Redis (a replay window)",
+        ),
+    ] = True
     """Trim streams below what is archived (turn off to keep a replay window)."""
-    crash_at: str | None = None
-    """Test hook: ``point[:n]`` SIGKILLs the process at the n-th time (default
-    1st) it reaches ``point``; see ``archiver.faults``."""
-    metrics_port: int | None = None
+    metrics_port: Annotated[
+        int | None,
+        Setting(
+            _prefixed("METRICS_PORT"),
+            _metrics_port,
+            "serve Prometheus metrics on this port (0: off)",
+        ),
+    ] = None
     """Serve Prometheus metrics on this port (standalone archiver only)."""
 
-
-_PREFIX = "SEGMENTS_ARCHIVER_"
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(_PREFIX + name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{_PREFIX}{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{_PREFIX}{name} must be at least {minimum}, got {raw!r}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(_PREFIX + name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{_PREFIX}{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{_PREFIX}{name} must be positive, got {raw!r}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(_PREFIX + name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{_PREFIX}{name} must be true or false, got {raw!r}")
+    def __post_init__(self) -> None:
+        if self.retry_max_s < self.retry_min_s:
+            raise ConfigError(
+                f"{_prefixed('RETRY_MAX_S')} must not be below {_prefixed('RETRY_MIN_S')}"
+            )
 
 
 def load(env: Mapping[str, str] | None = None) -> ArchiverConfig:
-    env = os.environ if env is None else env
-    retry_min = _float(env, "RETRY_MIN_S", RETRY_MIN_S)
-    retry_max = _float(env, "RETRY_MAX_S", RETRY_MAX_S)
-    if retry_max < retry_min:
-        raise ConfigError(f"{_PREFIX}RETRY_MAX_S must not be below {_PREFIX}RETRY_MIN_S")
-    port = _int(env, "METRICS_PORT", 0, minimum=0)
-    return ArchiverConfig(
-        consumer=env.get(_PREFIX + "NAME", "").strip() or socket.gethostname(),
-        group=env.get(_PREFIX + "GROUP", "").strip() or GROUP,
-        batch_size=_int(env, "BATCH_SIZE", BATCH_SIZE),
-        block_ms=_int(env, "BLOCK_MS", BLOCK_MS),
-        linger_ms=_int(env, "LINGER_MS", LINGER_MS, minimum=0),
-        claim_idle_ms=_int(env, "CLAIM_IDLE_MS", CLAIM_IDLE_MS),
-        claim_interval_ms=_int(env, "CLAIM_INTERVAL_MS", CLAIM_INTERVAL_MS),
-        max_attempts=_int(env, "MAX_ATTEMPTS", MAX_ATTEMPTS),
-        pg_connections=_int(env, "PG_CONNECTIONS", PG_CONNECTIONS),
-        retry_min_s=retry_min,
-        retry_max_s=retry_max,
-        trim_interval_ms=_int(env, "TRIM_INTERVAL_MS", TRIM_INTERVAL_MS),
-        partition_check_s=_float(env, "PARTITION_CHECK_S", PARTITION_CHECK_S),
-        partitions_ahead=_int(env, "PARTITIONS_AHEAD", PARTITIONS_AHEAD, minimum=0),
-        trim=_bool(env, "TRIM", True),
-        crash_at=env.get(_PREFIX + "CRASH_AT", "").strip() or None,
-        metrics_port=port or None,
-    )
+    """The archiver's settings from ``env`` (default ``os.environ``)."""
+    return config.load(ArchiverConfig, env)

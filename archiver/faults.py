@@ -1,5 +1,7 @@
 """Fault injection for crash tests: SIGKILL this process at a named point.
 
+Inert unless its own environment variable is set: it is not one of the
+archiver's settings, and production never sets it.
 ``SEGMENTS_ARCHIVER_CRASH_AT=point[:n]`` kills the archiver the n-th time
 (1st by default) it reaches ``point``. Points, in the order a batch meets them:
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 import os
 import signal
 
+ENV = "SEGMENTS_ARCHIVER_CRASH_AT"
+
 POINTS = frozenset(("after_read", "after_copy", "before_commit", "after_commit", "after_ack"))
 
 _target: str | None = None
@@ -34,6 +38,11 @@ def arm(spec: str | None) -> None:
     if point not in POINTS:
         raise ValueError(f"unknown crash point {point!r}; one of {sorted(POINTS)}")
     _target, _remaining = point, int(count or "1")
+
+
+def arm_from_environment() -> None:
+    """Arm from ``SEGMENTS_ARCHIVER_CRASH_AT``; disarmed when it is unset."""
+    arm(os.environ.get(ENV, "").strip() or None)
 
 
 def reached(point: str) -> None:

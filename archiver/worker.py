@@ -386,7 +386,7 @@ async def run(
     """Archive until ``stop`` is set (or SIGTERM/SIGINT when run by ``main``)."""
     config = config_module.load() if config is None else config
     stop = asyncio.Event() if stop is None else stop
-    faults.arm(config.crash_at)
+    faults.arm_from_environment()
     redis = await _connect_with_retry(redis_url, config, stop)
     if redis is None:
         return

@@ -23,18 +23,28 @@ from service.settings import ConfigError
 
 APP_FACTORY = "service.app:create_app"
 
-EPILOG = """\
-environment:
-  REDIS_URL              Redis (single node or any node of a Redis Cluster)
-  DATABASE_URL           PostgreSQL for the history
-  PUBLIC_URL             base of report links (default: the request's host)
-  SEGMENTS_SIGNING_KEY   HMAC key of report links (16+ characters)
-  SEGMENTS_TOKENS        bearer tokens, e.g. 'tok1:read,tok2:write' (default: no auth)
-  SEGMENTS_DATA_DIR      data folder of `segments dev` (default: .data)
 
-`segments dev` starts embedded Redis and PostgreSQL when REDIS_URL /
-DATABASE_URL are not set.
-"""
+def epilog() -> str:
+    """The environment variables, from their declarations (``segments_core.config``)."""
+    from segments_core.config import help_lines
+
+    return "\n".join(
+        [
+            "environment (a bad value stops start-up naming it; exit code 2):",
+            *help_lines(settings_module.Settings),
+            "",
+            "`segments dev` starts embedded Redis and PostgreSQL when REDIS_URL /",
+            "DATABASE_URL are not set. The archiver's knobs: segments archiver --help.",
+        ]
+    )
+
+
+def archiver_epilog() -> str:
+    from archiver.config import ArchiverConfig
+    from segments_core.config import help_lines
+
+    lines = help_lines(ArchiverConfig)
+    return "\n".join(["environment (besides REDIS_URL, DATABASE_URL):", *lines])
 
 
 def _say(message: str) -> None:
@@ -133,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segments",
         description="Segments: Redis-native user segmentation service.",
-        epilog=EPILOG,
+        epilog=epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -164,9 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_http_options(dev)
     dev.set_defaults(func=cmd_dev)
 
-    sub.add_parser("archiver", help="move history from Redis streams to PostgreSQL").set_defaults(
-        func=cmd_archiver
-    )
+    sub.add_parser(
+        "archiver",
+        help="move history from Redis streams to PostgreSQL",
+        epilog=archiver_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=cmd_archiver)
     sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema").set_defaults(
         func=cmd_migrate
     )

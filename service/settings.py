@@ -1,98 +1,134 @@
-"""Configuration, read once from the environment into one typed object.
+"""The API's settings: one typed object, each field declared once with its
+environment variable, type, default and help (``segments_core.config``).
 
-A bad value stops start-up with a message that names the variable.
+A bad value stops start-up with a message that names the variable. Adding a
+setting is one field here (and its row in the README, which a test checks).
 """
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
 from segments_core import config
-from segments_core.config import ConfigError
+from segments_core.config import ConfigError, DatabaseUrl, RedisUrl, Setting, Shards
+
+__all__ = ["ConfigError", "Settings", "Tokens", "load"]
+
+
+class Tokens(msgspec.Struct, frozen=True):
+    """Bearer tokens by scope; a write token may also read."""
+
+    read: frozenset[str] = frozenset()
+    """Tokens that may read: the read tokens and the write tokens."""
+    write: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, raw: str) -> Tokens:
+        """``token1:read,token2:write`` (a token may hold colons: the last one splits)."""
+        read: set[str] = set()
+        write: set[str] = set()
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            token, _, scope = item.rpartition(":")
+            if not token or scope not in ("read", "write"):
+                raise ValueError("must look like 'token1:read,token2:write'")
+            (write if scope == "write" else read).add(token)
+        return cls(read=frozenset(read | write), write=frozenset(write))
+
+    def __bool__(self) -> bool:
+        return bool(self.read or self.write)
+
+
+def _public_url(raw: str) -> str:
+    return config.url("http", "https")(raw).rstrip("/")
+
+
+def _signing_key(raw: str) -> bytes:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters")
+    return raw.encode()
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
-    redis_url: str | None = None
-    """A single Redis or any node of a Redis Cluster; None: embedded (dev only)."""
-    database_url: str | None = None
-    """PostgreSQL; None: embedded (dev only)."""
-    public_url: str | None = None
-    """Base of report links; None: the host of the request."""
-    signing_key: bytes | None = None
-    """HMAC key of report links; None: generated and kept in the data folder (dev)."""
-    read_tokens: frozenset[str] = frozenset()
-    write_tokens: frozenset[str] = frozenset()
-    data_dir: Path = Path(".data")
-    report_link_ttl_s: int = 3600
-    report_wait_s: float = 5.0
-    sweep_interval_s: float = 1.0
-    shards: int | None = None
-    """Logical shards of a new deployment; None: as stored (16 for a new one)."""
+    redis_url: RedisUrl = None
+    """None: embedded (``segments dev`` only)."""
+    database_url: DatabaseUrl = None
+    """None: embedded (``segments dev`` only); the API then serves no history."""
+    public_url: Annotated[
+        str | None,
+        Setting(
+            "PUBLIC_URL",
+            _public_url,
+            "base of report links, e.g. `https://segments.example.com`",
+            default="the host of the request",
+        ),
+    ] = None
+    signing_key: Annotated[
+        bytes | None,
+        Setting(
+            "SEGMENTS_SIGNING_KEY",
+            _signing_key,
+            "HMAC key of report links, 16+ characters; every API process must share it",
+            default="`dev`: generated in the data folder",
+        ),
+    ] = None
+    """None: a random key per process (``segments dev`` keeps one in its data folder)."""
+    tokens: Annotated[
+        Tokens,
+        Setting(
+            "SEGMENTS_TOKENS",
+            Tokens.parse,
+            "bearer tokens with scopes, `token1:read,token2:write` (write implies read)",
+            default="none: no authentication",
+        ),
+    ] = Tokens()
+    data_dir: Annotated[
+        Path,
+        Setting(
+            "SEGMENTS_DATA_DIR",
+            config.path,
+            "data folder of `segments dev` (embedded servers, signing key)",
+        ),
+    ] = Path(".data")
+    report_link_ttl_s: Annotated[
+        int,
+        Setting("SEGMENTS_REPORT_LINK_TTL", config.whole(1), "lifetime of a report link, seconds"),
+    ] = 3600
+    report_wait_s: Annotated[
+        float,
+        Setting(
+            "SEGMENTS_REPORT_WAIT",
+            config.number,
+            "how long a report request waits for the archiver to catch up, seconds",
+        ),
+    ] = 5.0
+    sweep_interval_s: Annotated[
+        float,
+        Setting(
+            "SEGMENTS_SWEEP_INTERVAL",
+            config.number,
+            "how often each API process sweeps expired memberships, seconds",
+        ),
+    ] = 1.0
+    shards: Shards = None
+    """None: as stored (16 for a new deployment)."""
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.read_tokens or self.write_tokens)
+        return bool(self.tokens)
 
+    @property
+    def read_tokens(self) -> frozenset[str]:
+        return self.tokens.read
 
-def _tokens(raw: str) -> tuple[frozenset[str], frozenset[str]]:
-    """``SEGMENTS_TOKENS``: comma-separated ``token:scope``, scope ``read`` or ``write``.
-
-    A write token may also read.
-    """
-    read: set[str] = set()
-    write: set[str] = set()
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        token, _, scope = item.rpartition(":")
-        if not token or scope not in ("read", "write"):
-            raise ConfigError("SEGMENTS_TOKENS must look like 'token1:read,token2:write'")
-        (write if scope == "write" else read).add(token)
-    return frozenset(read | write), frozenset(write)
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive, finite number, got {raw!r}")
-    return value
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.strip().isdigit() or int(raw) <= 0:
-        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}")
-    return int(raw)
+    @property
+    def write_tokens(self) -> frozenset[str]:
+        return self.tokens.write
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    key = env.get("SEGMENTS_SIGNING_KEY", "")
-    if key and len(key) < 16:
-        raise ConfigError("SEGMENTS_SIGNING_KEY must be at least 16 characters")
-    read, write = _tokens(env.get("SEGMENTS_TOKENS", ""))
-    public = config.url(env, "PUBLIC_URL", ("http", "https"))
-    return Settings(
-        redis_url=config.redis_url(env),
-        database_url=config.database_url(env),
-        public_url=public.rstrip("/") if public else None,
-        signing_key=key.encode() if key else None,
-        read_tokens=read,
-        write_tokens=write,
-        data_dir=Path(env.get("SEGMENTS_DATA_DIR", ".data")),
-        report_link_ttl_s=_positive_int(env, "SEGMENTS_REPORT_LINK_TTL", 3600),
-        report_wait_s=_positive(env, "SEGMENTS_REPORT_WAIT", 5.0),
-        sweep_interval_s=_positive(env, "SEGMENTS_SWEEP_INTERVAL", 1.0),
-        shards=config.shards(env),
-    )
+    """The settings from ``env`` (default ``os.environ``)."""
+    return config.load(Settings, env)

@@ -13,15 +13,13 @@ from litestar.testing import TestClient
 
 from service.app import create_app
 from service.resp import RespConnection
-from service.settings import Settings
+from service.settings import Settings, Tokens
 
 
 @pytest.fixture
 def secured(clean_redis_url: str) -> Iterator[Any]:
     settings = Settings(
-        redis_url=clean_redis_url,
-        read_tokens=frozenset({"reader", "writer"}),
-        write_tokens=frozenset({"writer"}),
+        redis_url=clean_redis_url, tokens=Tokens.parse("reader:read,writer:write")
     )
     with TestClient(create_app(settings)) as client:
         yield client
