@@ -17,6 +17,7 @@ import msgspec
 
 from segments_core import config
 from segments_core.config import ConfigError, Setting, boolean, number, text, whole
+from segments_core.retention import RETENTION_MS
 from segments_core.streams import GROUP
 
 BATCH_SIZE = 5000
@@ -156,6 +157,17 @@ class ArchiverConfig(msgspec.Struct, kw_only=True, frozen=True):
         int,
         Setting(_prefixed("TRIM_INTERVAL_MS"), whole(1), "how often a stream is trimmed"),
     ] = TRIM_INTERVAL_MS
+    retention_ms: Annotated[
+        int,
+        Setting(
+            _prefixed("RETENTION_MS"),
+            whole(0),
+            "archived entries younger than this stay in the streams for the change feed"
+            " (0: trim as soon as archived)",
+        ),
+    ] = RETENTION_MS
+    """Entries younger than this stay in the streams even once archived, so the
+    change feed can replay them (SPEC §4); 0 trims as soon as archived."""
     partition_check_s: Annotated[
         float,
         Setting(

@@ -7,7 +7,8 @@ One task per stream, all in one consumer group shared by every archiver:
 2. drain this consumer's own pending entries (a restart after a crash);
 3. loop: claim entries idle too long at other consumers (``XAUTOCLAIM``),
    read new entries (``XREADGROUP >``), write them to PostgreSQL, commit,
-   and only then ``XACK``; trim the stream below its oldest unarchived entry.
+   and only then ``XACK``; trim the stream below its oldest unarchived entry
+   and the change feed's retention window (``retention_ms``).
 
 Delivery is at-least-once (a crash between commit and ``XACK`` delivers the
 entry again); the unique event key in PostgreSQL makes the rows exactly-once.
@@ -39,9 +40,10 @@ from archiver.config import ArchiverConfig
 from archiver.events import EntryError, Row, lifecycle_row, membership_row, now_ms
 from archiver.writer import HistoryWriter, Kind, WriteResult, open_pool
 from segments_core import config as core_config
+from segments_core import retention
 from segments_core.keys import GLOBAL, dead_letter_key, load_keyspace
 from segments_core.redis_client import connect
-from segments_core.streams import AnyRedis, format_id, trim_floor
+from segments_core.streams import AnyRedis, trim_floor
 
 log = logging.getLogger("segments.archiver")
 
@@ -322,11 +324,11 @@ class StreamWorker:
             await self._redis.xack(self.stream, self._cfg.group, *ids[i : i + ACK_CHUNK])
 
     async def _trim(self) -> None:
+        # Below what is archived and outside the change feed's retention window.
         floor = await trim_floor(self._redis, self.stream)
-        if floor > (0, 1):
-            # Approximate (~): Redis removes whole macro-nodes only, all below
-            # the floor, which is far cheaper than an exact trim.
-            await self._redis.xtrim(self.stream, minid=format_id(floor), approximate=True)
+        point = retention.trim_point(floor, now_ms(), self._cfg.retention_ms)
+        if point > (0, 1):
+            await retention.trim(self._redis, self.stream, point)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` retried on Redis errors until it succeeds; ``Stopped`` if stopped first."""
