@@ -7,14 +7,14 @@ import asyncio
 import time
 from pathlib import Path
 
-from bench import archiver_probe, cpu, profile, wrk, zipf
+from bench import archiving, cpu, profile, wrk, zipf
 from bench.context import Context
 from bench.machine import api_workers
 from bench.results import Report, RunRecord
 from bench.scenarios import LOAD
 from bench.schedule import Slot, plan, ratios, summarize
 
-SETTLE_TIMEOUT_S = 60.0
+SETTLE_TIMEOUT_S = 120.0
 """Longest wait, between two runs, for the archiver to catch up."""
 PAUSE_S = 1.0
 """Quiet time before each run, so one run's tail does not overlap the next."""
@@ -49,7 +49,7 @@ def wrk_command(ctx: Context, wrk_bin: str, name: str, duration: float) -> list[
         args["token"] = ctx.opts.token
     return wrk.command(
         wrk_bin,
-        ctx.target.url,
+        ctx.url,
         wrk.script_path(scenario.script),
         duration_s=duration,
         connections=ctx.opts.connections,
@@ -61,7 +61,7 @@ def wrk_command(ctx: Context, wrk_bin: str, name: str, duration: float) -> list[
 async def settle(ctx: Context) -> None:
     if ctx.redis is not None and ctx.archiver is not None:
         try:
-            await archiver_probe.wait_drained(ctx.redis, SETTLE_TIMEOUT_S)
+            await archiving.wait_drained(ctx.redis, ctx.keyspace, SETTLE_TIMEOUT_S)
         except TimeoutError as exc:
             ctx.log(f"warning: {exc}")
     await asyncio.sleep(PAUSE_S)
@@ -90,11 +90,11 @@ async def run_load(
     while not task.done():
         if ctx.redis is not None:
             try:
-                lag = (await archiver_probe.backlog(ctx.redis)).lag_s
+                lag = (await archiving.backlog(ctx.redis, ctx.keyspace))[1]
                 lag_max = lag if lag_max is None else max(lag_max, lag)
             except Exception as exc:  # sampling must not break the run
                 ctx.log(f"warning: lag sample failed: {exc}")
-        await asyncio.wait({task}, timeout=archiver_probe.POLL_S)
+        await asyncio.wait({task}, timeout=archiving.POLL_S)
     wall = time.perf_counter() - started
     after = cpu.snapshot(ctx.groups)
     busy_after = cpu.busy_seconds()

@@ -66,7 +66,7 @@ def process_groups(ctx: Context) -> dict[str, cpu.Lister]:
     if ctx.api is not None:
         groups["api"] = cpu.tree(ctx.api.pid)
     else:
-        pid = cpu.listener_pid(ctx.target.port)
+        pid = cpu.listener_pid(ctx.http.base_url.port or 80)
         if pid is not None:
             groups["api"] = cpu.tree(pid)
     if ctx.archiver is not None:

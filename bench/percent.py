@@ -1,10 +1,15 @@
-"""Creating a 10% segment over many known users, and what Redis felt meanwhile.
+"""Percent rollouts at scale: creating and deleting big segments, and what Redis
+and the lookups felt meanwhile.
 
-Three views of "did Redis block": the slow log (every command over 1 ms,
-with its duration), the latency monitor (worst event over 1 ms), and two
-probes running during the creation: a PING loop on its own Redis
-connection and a lookup loop through the API. Redis settings changed for
-the measurement are put back afterwards.
+Registers users up to ``--percent-users`` known users (a phase of its own),
+then through the API: creates a 10% segment (the §5 target), deletes it,
+creates a 100% segment, deletes it. Each phase reports its wall time; the slow
+log at 1 ms (reset before, read after, only the entries of the connections of
+the bench's db, since the slow log is server-wide), its script calls named;
+a lookup probe through the API and a ``PING`` probe on Redis, each every
+2 ms, whose worst times say whether lookups kept being served; and Redis
+memory after it (``used_memory`` minus the history streams). The Redis
+settings changed here are put back afterwards.
 """
 
 from __future__ import annotations
@@ -13,42 +18,37 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
+import httpx
 import redis
 import redis.asyncio as aioredis
 
-from bench.httpclient import Connection, Target
-from bench.results import PercentResult
+from bench import stores
+from bench.context import expect
+from bench.results import PercentPhase, PercentResult
 from bench.seed import register_users
-from bench.stores import redis_db
+from segments_core.keys import Keyspace
+from service.scripts import load_scripts
 
-SLOWLOG_THRESHOLD_US = 1000
-SLOWLOG_LEN = 4096
-LATENCY_THRESHOLD_MS = 1
+SLOWLOG = {"slowlog-log-slower-than": 1000, "slowlog-max-len": 100_000}
+"""Server settings while measuring (microseconds, entries)."""
 PROBE_PAUSE_S = 0.002
 """Pause between probe calls: ~500 probes/s, a small load next to the rollout."""
-SCRIPT_COMMANDS = {b"EVAL", b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO", b"FCALL", b"FCALL_RO"}
-CREATE_TIMEOUT_S = 120.0
+SCRIPT_COMMANDS = {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"}
 
 
 @contextlib.contextmanager
-def redis_watch(url: str) -> Iterator[redis.Redis]:
-    """Slow log at 1 ms and latency monitor at 1 ms, both reset; settings restored on exit."""
-    client = redis.Redis.from_url(url)
-    keys = ("slowlog-log-slower-than", "slowlog-max-len", "latency-monitor-threshold")
-    saved = {k: client.config_get(k)[k] for k in keys}
+def slow_log(url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    saved = {k: client.config_get(k)[k] for k in SLOWLOG}
     try:
-        client.config_set("slowlog-log-slower-than", SLOWLOG_THRESHOLD_US)
-        client.config_set("slowlog-max-len", SLOWLOG_LEN)
-        client.config_set("latency-monitor-threshold", LATENCY_THRESHOLD_MS)
-        client.slowlog_reset()
-        client.latency_reset()
+        for key, value in SLOWLOG.items():  # one by one: Redis 6.2 sets one a call
+            client.config_set(key, value)
         yield client
     finally:
-        for key, value in saved.items():
-            if value is not None:
-                client.config_set(key, value)
+        for key, old in saved.items():
+            client.config_set(key, old)
         client.close()
 
 
@@ -57,137 +57,122 @@ def clients_of_db(client: redis.Redis, db: int) -> set[str]:
     return {str(c["addr"]) for c in client.client_list() if str(c.get("db")) == str(db)}
 
 
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def slowest(
-    entries: list[dict[str, object]], clients: set[str] | None = None
-) -> tuple[float | None, str | None]:
-    """The longest script call of slow-log entries (ms), and a description of it.
-
-    The slow log is server-wide: with ``clients``, only the entries of those
-    connections count (other databases on the same Redis are not ours).
-    """
-    best: tuple[float, str] | None = None
+def script_calls(
+    entries: list[dict[str, object]], clients: set[str] | None, names: dict[str, str]
+) -> list[tuple[float, str]]:
+    """(ms, script name) of the slow log's script calls, of ``clients`` only if given;
+    ``names``: sha -> script name."""
+    calls = []
     for e in entries:
-        if clients is not None and _text(e.get("client_address", "")) not in clients:
+        if clients is not None and str(e.get("client_address", "")) not in clients:
             continue
-        command = e.get("command", b"")
-        raw = command if isinstance(command, bytes) else str(command).encode()
-        name = raw.split(b" ", 1)[0].upper()
-        if name not in SCRIPT_COMMANDS:
-            continue
-        ms = float(str(e.get("duration", 0))) / 1000.0
-        if best is None or ms > best[0]:
-            best = (ms, raw[:120].decode(errors="replace"))
-    return (best[0], best[1]) if best else (None, None)
+        words = str(e.get("command", "")).split()
+        if words and words[0].upper() in SCRIPT_COMMANDS:
+            name = names.get(words[1], words[1][:12]) if len(words) > 1 else words[0]
+            calls.append((float(str(e.get("duration", 0))) / 1000.0, name))
+    return calls
 
 
-def latency_max_ms(client: redis.Redis) -> float | None:
-    """Worst latency-monitor event since the reset (ms), over every event class."""
-    rows = client.latency_latest() or []
-    worst = [int(r[3]) for r in rows if len(r) >= 4]
-    return float(max(worst)) if worst else None
+async def _probe(call: Callable[[], Awaitable[object]], stop: asyncio.Event) -> list[float]:
+    times: list[float] = []
+    while not stop.is_set():
+        t = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - t)
+        await asyncio.sleep(PROBE_PAUSE_S)
+    return times
 
 
-async def _ping_probe(url: str, stop: asyncio.Event, out: list[float]) -> None:
-    client = aioredis.Redis.from_url(url)
-    try:
-        while not stop.is_set():
-            t = time.perf_counter()
-            await client.ping()
-            out.append(time.perf_counter() - t)
-            await asyncio.sleep(PROBE_PAUSE_S)
-    finally:
-        await client.aclose()
-
-
-async def _lookup_probe(
-    target: Target, token: str | None, users: int, stop: asyncio.Event, out: list[float]
-) -> None:
-    conn = Connection(target, token)
-    rng = random.Random(7)
-    try:
-        while not stop.is_set():
-            t = time.perf_counter()
-            await conn.request("GET", f"/api/v1/users/{rng.randint(1, users)}/segments")
-            out.append(time.perf_counter() - t)
-            await asyncio.sleep(PROBE_PAUSE_S)
-    finally:
-        await conn.close()
-
-
-def _p99(values: list[float]) -> float | None:
-    if not values:
-        return None
+def _ms(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else None
 
 
 async def measure(
-    target: Target,
-    token: str | None,
+    http: httpx.AsyncClient,
     redis_url: str | None,
+    keyspace: Keyspace,
     known_users: int,
     already_known: int,
-    slug: str,
     log: Callable[[str], None],
 ) -> PercentResult:
-    """Register users up to ``known_users``, then time creating ``slug`` at 10%."""
-    register_s = 0.0
+    tag = int(time.time())
+    phases: list[tuple[str, Callable[[], Awaitable[int | None]]]] = []
+
+    async def register() -> int | None:
+        await register_users(http, already_known + 1, known_users, log)
+        return None
+
+    def create(slug: str, percent: int) -> Callable[[], Awaitable[int | None]]:
+        async def go() -> int | None:
+            body = {"slug": slug, "percent": percent}
+            resp = expect(await http.post("/api/v1/segments", json=body), f"create {slug}", 201)
+            return int(resp.json().get("members", 0))
+
+        return go
+
+    def delete(slug: str) -> Callable[[], Awaitable[int | None]]:
+        async def go() -> int | None:
+            expect(await http.delete(f"/api/v1/segments/{slug}"), f"delete {slug}", 200, 204)
+            return None
+
+        return go
+
     if known_users > already_known:
-        register_s = await register_users(target, token, already_known + 1, known_users, log)
-    watch = redis_watch(redis_url) if redis_url else contextlib.nullcontext(None)
-    db = redis_db(redis_url) if redis_url else 0
-    with watch as client:
-        ours = clients_of_db(client, db) if client is not None else set()
-        stop = asyncio.Event()
-        pings: list[float] = []
-        lookups: list[float] = []
-        probes = [asyncio.create_task(_lookup_probe(target, token, known_users, stop, lookups))]
-        if redis_url:
-            probes.append(asyncio.create_task(_ping_probe(redis_url, stop, pings)))
-        await asyncio.sleep(0.2)
-        conn = Connection(target, token)
-        try:
+        phases.append((f"register to {known_users:,} users", register))
+    for percent in (10, 100):
+        slug = f"BENCH_PCT{percent}_{tag}"
+        phases.append((f"create {percent}%", create(slug, percent)))
+        phases.append((f"delete {percent}%", delete(slug)))
+
+    names = {s.sha: name for name, s in load_scripts().items()}
+    db = stores.redis_db(redis_url) if redis_url else 0
+    ping = aioredis.Redis.from_url(redis_url) if redis_url else None
+    rng = random.Random(7)
+
+    def lookup_path() -> str:
+        return f"/api/v1/users/{rng.randint(1, known_users)}/segments"
+
+    out: list[PercentPhase] = []
+    with slow_log(redis_url) if redis_url else contextlib.nullcontext() as client:
+        for name, action in phases:
+            ours = clients_of_db(client, db) if client else set()
+            if client:
+                client.slowlog_reset()
+            stop = asyncio.Event()
+            lookups = asyncio.create_task(_probe(lambda: http.get(lookup_path()), stop))
+            pings = asyncio.create_task(_probe(ping.ping, stop)) if ping else None
             started = time.perf_counter()
-            resp = await asyncio.wait_for(
-                conn.json("POST", "/api/v1/segments", {"slug": slug, "percent": 10}),
-                CREATE_TIMEOUT_S,
+            try:
+                members = await action()
+            finally:
+                seconds = time.perf_counter() - started
+                stop.set()
+                looked = await lookups
+                pinged = await pings if pings else []
+            calls: list[tuple[float, str]] = []
+            if client:
+                ours |= clients_of_db(client, db)
+                calls = script_calls(client.slowlog_get(SLOWLOG["slowlog-max-len"]), ours, names)
+            longest = max(calls, default=None)
+            out.append(
+                PercentPhase(
+                    name=name,
+                    seconds=seconds,
+                    members=members,
+                    script_calls_over_1ms=len(calls) if client else None,
+                    longest_script_ms=longest[0] if longest else None,
+                    longest_script=longest[1] if longest else None,
+                    probe_lookups=len(looked),
+                    probe_lookup_p99_ms=_ms(looked, 0.99),
+                    probe_lookup_max_ms=_ms(looked, 1.0),
+                    probe_ping_max_ms=_ms(pinged, 1.0),
+                    redis_bytes=await asyncio.to_thread(stores.state_bytes, redis_url, keyspace)
+                    if redis_url
+                    else None,
+                )
             )
-            create_s = time.perf_counter() - started
-            body = resp.json()
-            if resp.status != 201 or not isinstance(body, dict):
-                raise RuntimeError(f"create {slug}: HTTP {resp.status}: {resp.body[:300]!r}")
-            members = int(body.get("members", 0))
-        finally:
-            stop.set()
-            await asyncio.gather(*probes, return_exceptions=True)
-            await conn.close()
-        longest_ms: float | None = None
-        longest: str | None = None
-        entries = 0
-        latency_ms: float | None = None
-        if client is not None:
-            ours |= clients_of_db(client, db)
-            log_entries = client.slowlog_get(SLOWLOG_LEN)
-            entries = sum(1 for e in log_entries if _text(e.get("client_address", "")) in ours)
-            longest_ms, longest = slowest(log_entries, ours)
-            latency_ms = latency_max_ms(client)
-    log(f"10% segment over {known_users:,} users: {members:,} members in {create_s:.2f} s")
-    return PercentResult(
-        known_users=known_users,
-        register_s=register_s,
-        create_s=create_s,
-        members=members,
-        longest_script_ms=longest_ms,
-        longest_command=longest,
-        slowlog_checked=redis_url is not None,
-        slowlog_entries=entries,
-        probe_lookups=len(lookups),
-        probe_lookup_max_ms=max(lookups) * 1000 if lookups else None,
-        probe_lookup_p99_ms=(_p99(lookups) or 0.0) * 1000 if lookups else None,
-        probe_ping_max_ms=max(pings) * 1000 if pings else None,
-        latency_monitor_max_ms=latency_ms,
-    )
+            log(f"{name}: {seconds:.2f} s" + (f", {members:,} members" if members else ""))
+    if ping is not None:
+        await ping.aclose()
+    return PercentResult(known_users=known_users, phases=out)

@@ -1,7 +1,8 @@
 """The bench report: typed records of one run, and the JSON file that holds them.
 
-Times are milliseconds (``_ms``) or seconds (``_s``) as the field says; CPU is
-percent of one core over the measured window (200 = both cores of this box).
+Times are milliseconds (``_ms``), microseconds (``_us``) or seconds (``_s``) as
+the field says; CPU is percent of one core over the measured window (200 = both
+cores of this box).
 """
 
 from __future__ import annotations
@@ -62,56 +63,58 @@ class SeedResult(msgspec.Struct, kw_only=True):
 
 
 class MemoryResult(msgspec.Struct, kw_only=True):
-    """Redis INFO used_memory at three points of the seeding: before anything,
-    after the users were registered, after their memberships.
-
-    The history streams are left out: they hold events only until the
-    archiver has them (the bench lets it drain them first, so they are
-    nearly empty either way)."""
+    """Redis ``used_memory`` right after the wipe (``empty``), after registering the
+    users (``before``) and after their memberships (``after``); the history streams'
+    own bytes are subtracted (they hold events only until the archiver has them)."""
 
     used_empty: int
     used_before: int
-    """After registering the users, before their memberships."""
     used_after: int
     stream_bytes_before: int
     stream_bytes_after: int
     memberships: int
     users: int
     bytes_per_membership: float
-    """(used growth over the memberships - stream growth) / memberships."""
+    """The memberships alone: (after - before, streams excluded) / memberships."""
     data_set_bytes_per_membership: float
-    """The whole data set (users registry too) over the memberships: what the
-    SPEC §5 target is checked against."""
-    gross_bytes_per_membership: float
-    """used growth over the memberships / memberships, streams included."""
+    """The whole data set (users registry too) over the memberships: the §5 figure."""
 
 
 class ArchiverResult(msgspec.Struct, kw_only=True):
-    """A backlog left in the streams while the archiver was stopped, then drained."""
+    """The seeding's events, left in the streams while the archiver was stopped, then
+    drained: rows written to PostgreSQL, from the first rows seen to an empty backlog."""
 
     events: int
     seconds: float
     events_per_s: float
-    method: str
-    """How events were counted: "postgres rows" or "stream backlog"."""
+
+
+class PercentPhase(msgspec.Struct, kw_only=True):
+    """One step of ``percent``, with what Redis and the lookups felt meanwhile."""
+
+    name: str
+    seconds: float
+    members: int | None
+    """Members of the segment the phase created (None for the other phases)."""
+    script_calls_over_1ms: int | None
+    """Script calls of our connections in the slow log (None: not read)."""
+    longest_script_ms: float | None
+    longest_script: str | None
+    """The script of the longest call, by name."""
+    probe_lookups: int
+    probe_lookup_p99_ms: float | None
+    probe_lookup_max_ms: float | None
+    probe_ping_max_ms: float | None
+    redis_bytes: int | None
+    """``used_memory`` minus the history streams, after the phase."""
 
 
 class PercentResult(msgspec.Struct, kw_only=True):
     known_users: int
-    register_s: float
-    create_s: float
-    """The POST that creates the segment (it returns once every known user is in)."""
-    members: int
-    longest_script_ms: float | None
-    longest_command: str | None
-    slowlog_checked: bool
-    """The slow log was read (needs --redis-url with --url)."""
-    slowlog_entries: int
-    probe_lookups: int
-    probe_lookup_max_ms: float | None
-    probe_lookup_p99_ms: float | None
-    probe_ping_max_ms: float | None
-    latency_monitor_max_ms: float | None
+    phases: list[PercentPhase]
+
+    def phase(self, name: str) -> PercentPhase | None:
+        return next((p for p in self.phases if p.name == name), None)
 
 
 class CsvResult(msgspec.Struct, kw_only=True):
@@ -122,11 +125,22 @@ class CsvResult(msgspec.Struct, kw_only=True):
     """From the download's request to its first byte (the database's query start)."""
     rows_per_s: float
     """Rows over the whole download, first byte wait included (the §5 figure)."""
-    streaming_rows_per_s: float = 0.0
-    """Rows over the time after the first byte (0 in reports of older bench versions)."""
+    streaming_rows_per_s: float
+    """Rows over the time after the first byte."""
     api_rss_before_mb: float | None
     api_rss_max_mb: float | None
     api_rss_growth_mb: float | None
+
+
+class HotPathResult(msgspec.Struct, kw_only=True):
+    """Lookups answered in the bench's process by the service's hot path, one after
+    the other: server-side time of a lookup without HTTP or queueing."""
+
+    calls: int
+    p50_us: float
+    p99_us: float
+    p999_us: float
+    max_us: float
 
 
 class Check(msgspec.Struct, kw_only=True):
@@ -141,7 +155,7 @@ class Check(msgspec.Struct, kw_only=True):
 
 
 class Report(msgspec.Struct, kw_only=True):
-    version: int = 1
+    version: int = 2
     started_at: str
     finished_at: str = ""
     machine: dict[str, str | int | float]
@@ -150,9 +164,10 @@ class Report(msgspec.Struct, kw_only=True):
     scenarios: list[ScenarioSummary] = msgspec.field(default_factory=list)
     seed: SeedResult | None = None
     memory: MemoryResult | None = None
-    archiver: list[ArchiverResult] = msgspec.field(default_factory=list)
+    archiver: ArchiverResult | None = None
     percent: PercentResult | None = None
     csv: CsvResult | None = None
+    hotpath: HotPathResult | None = None
     checks: list[Check] = msgspec.field(default_factory=list)
     notes: list[str] = msgspec.field(default_factory=list)
 

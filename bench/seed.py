@@ -16,38 +16,28 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
-from bench.httpclient import Connection, Response, Target
+import httpx
+
+from bench.context import HTTP_CONNECTIONS, expect
 from bench.results import SeedResult
 
 REGISTER_CHUNK = 10_000
 """Ids per POST /api/v1/users: the API's maximum."""
 REGISTER_CONCURRENCY = 2
 """Parallel registration requests: one per core is enough for big bodies."""
-SEED_CONCURRENCY = 32
-"""Parallel membership requests: keeps every API worker busy."""
 DEADLINE_EVERY = 5
 """One add in five has a deadline."""
 SEED_TTL_S = 30 * 86_400
 """Deadline of seeded memberships: far enough not to expire mid-bench."""
 PROGRESS_EVERY_S = 10.0
+POOL_PREFIX = "BENCH_"
+"""Slug prefix of the pool (``bench/lua/common.lua`` builds the same names)."""
 
 
-class SeedError(RuntimeError):
-    """The service refused a seeding request."""
-
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    """The bench's segment slugs (the wrk scripts build the same names)."""
-
-    size: int
-    prefix: str = "BENCH_"
-
-    def slugs(self) -> list[str]:
-        return [f"{self.prefix}{i:02d}" for i in range(self.size)]
+def pool(size: int) -> list[str]:
+    return [f"{POOL_PREFIX}{i:02d}" for i in range(size)]
 
 
 def memberships_of(user_id: int, slugs: Sequence[str], count: int, seed: int) -> list[object]:
@@ -60,111 +50,71 @@ def memberships_of(user_id: int, slugs: Sequence[str], count: int, seed: int) ->
     ]
 
 
-def _check(resp: Response, what: str, ok: tuple[int, ...] = (200, 201)) -> None:
-    if resp.status not in ok:
-        raise SeedError(f"{what}: HTTP {resp.status}: {resp.body[:300]!r}")
+async def _workers(n: int, items: Iterator[int], job: Callable[[int], Awaitable[None]]) -> None:
+    """``n`` tasks taking the next item of ``items`` until none is left."""
 
+    async def worker() -> None:
+        for item in items:
+            await job(item)
 
-async def create_segments(conn: Connection, pool: Pool) -> None:
-    """Create the pool's segments; ones that exist already (409) are kept."""
-    for slug in pool.slugs():
-        resp = await conn.json("POST", "/api/v1/segments", {"slug": slug, "description": "bench"})
-        _check(resp, f"create segment {slug}", (201, 409))
-
-
-async def _run_workers(
-    target: Target, token: str | None, workers: int, job: Callable[[Connection], Awaitable[None]]
-) -> None:
-    conns = [Connection(target, token) for _ in range(workers)]
-    try:
-        await asyncio.gather(*(job(c) for c in conns))
-    finally:
-        for c in conns:
-            await c.close()
+    await asyncio.gather(*(worker() for _ in range(n)))
 
 
 async def register_users(
-    target: Target, token: str | None, first: int, last: int, log: Callable[[str], None]
+    http: httpx.AsyncClient, first: int, last: int, log: Callable[[str], None]
 ) -> float:
     """Register users ``first..last`` (inclusive); returns the seconds it took."""
-    starts = iter(range(first, last + 1, REGISTER_CHUNK))
     started = time.perf_counter()
-    done = 0
 
-    async def job(conn: Connection) -> None:
-        nonlocal done
-        for start in starts:
-            ids = list(range(start, min(start + REGISTER_CHUNK, last + 1)))
-            _check(await conn.json("POST", "/api/v1/users", {"user_ids": ids}), "register users")
-            done += len(ids)
+    async def job(start: int) -> None:
+        ids = list(range(start, min(start + REGISTER_CHUNK, last + 1)))
+        expect(await http.post("/api/v1/users", json={"user_ids": ids}), "register users")
 
-    await _run_workers(target, token, REGISTER_CONCURRENCY, job)
+    await _workers(REGISTER_CONCURRENCY, iter(range(first, last + 1, REGISTER_CHUNK)), job)
     seconds = time.perf_counter() - started
-    log(f"registered users {first}..{last} in {seconds:.1f} s")
+    log(f"registered users {first:,}..{last:,} in {seconds:.1f} s")
     return seconds
 
 
-async def add_memberships(
-    target: Target,
-    token: str | None,
-    users: int,
-    pool: Pool,
-    per_user: int,
-    seed: int,
-    log: Callable[[str], None],
-) -> tuple[int, int, float]:
-    """One change request per user 1..users; returns (memberships, with deadline, seconds)."""
-    slugs = pool.slugs()
-    next_user = iter(range(1, users + 1))
-    counts = [0, 0]
-    started = last_log = time.perf_counter()
-
-    async def job(conn: Connection) -> None:
-        nonlocal last_log
-        for user in next_user:
-            items = memberships_of(user, slugs, per_user, seed)
-            resp = await conn.json("POST", f"/api/v1/users/{user}/segments", {"add": items})
-            _check(resp, f"seed user {user}")
-            counts[0] += len(items)
-            counts[1] += sum(1 for i in items if isinstance(i, dict))
-            now = time.perf_counter()
-            if now - last_log > PROGRESS_EVERY_S:
-                last_log = now
-                log(f"  seeded {user:,} users ({user / (now - started):,.0f}/s)")
-
-    await _run_workers(target, token, SEED_CONCURRENCY, job)
-    return counts[0], counts[1], time.perf_counter() - started
-
-
 async def seed(
-    target: Target,
-    token: str | None,
+    http: httpx.AsyncClient,
     users: int,
     per_user: int,
-    pool: Pool,
+    segments: int,
     seed_value: int,
     log: Callable[[str], None],
-    before_memberships: Callable[[], object] | None = None,
+    before_memberships: Callable[[], Awaitable[object]],
 ) -> SeedResult:
     """The whole data set; ``before_memberships`` runs between registration and
     memberships (the memory baseline is taken there)."""
-    conn = Connection(target, token)
-    try:
-        await create_segments(conn, pool)
-    finally:
-        await conn.close()
-    register_s = await register_users(target, token, 1, users, log)
-    if before_memberships is not None:
-        before_memberships()
-    memberships, with_deadline, seconds = await add_memberships(
-        target, token, users, pool, per_user, seed_value, log
-    )
-    log(f"seeded {memberships:,} memberships of {users:,} users in {seconds:.1f} s")
+    slugs = pool(segments)
+    for slug in slugs:  # a segment that exists already (409) is kept
+        resp = await http.post("/api/v1/segments", json={"slug": slug, "description": "bench"})
+        expect(resp, f"create segment {slug}", 201, 409)
+    register_s = await register_users(http, 1, users, log)
+    await before_memberships()
+    counts = [0, 0]
+    started = last_log = time.perf_counter()
+
+    async def job(user: int) -> None:
+        nonlocal last_log
+        items = memberships_of(user, slugs, per_user, seed_value)
+        resp = await http.post(f"/api/v1/users/{user}/segments", json={"add": items})
+        expect(resp, f"seed user {user}")
+        counts[0] += len(items)
+        counts[1] += sum(isinstance(i, dict) for i in items)
+        if (now := time.perf_counter()) - last_log > PROGRESS_EVERY_S:
+            last_log = now
+            log(f"  seeded {user:,} users ({user / (now - started):,.0f}/s)")
+
+    await _workers(HTTP_CONNECTIONS, iter(range(1, users + 1)), job)
+    seconds = time.perf_counter() - started
+    log(f"seeded {counts[0]:,} memberships of {users:,} users in {seconds:.1f} s")
     return SeedResult(
         users=users,
-        segments=pool.size,
-        memberships=memberships,
-        with_deadline=with_deadline,
+        segments=segments,
+        memberships=counts[0],
+        with_deadline=counts[1],
         register_s=register_s,
         memberships_s=seconds,
         requests_per_s=users / seconds if seconds > 0 else 0.0,

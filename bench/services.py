@@ -88,9 +88,12 @@ class Child:
             self.proc.wait(5)
 
 
-def service_env(redis_url: str, database_url: str) -> dict[str, str]:
+def service_env(redis_url: str, database_url: str, shards: int | None) -> dict[str, str]:
+    """The environment of the bench's service; ``shards`` sets up its new deployment."""
     env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=database_url)
     env.setdefault("SEGMENTS_SIGNING_KEY", "segments-bench-signing-key-0123456789")
+    if shards is not None:
+        env["SEGMENTS_SHARDS"] = str(shards)
     return env
 
 

@@ -15,6 +15,8 @@ import psycopg
 import redis
 from psycopg import sql
 
+from segments_core.keys import Keyspace
+
 REDIS_MARK = "segments-bench:owned"
 """Present in a Redis db the bench may flush (set right after flushing it)."""
 PG_MARK = "segments-bench: this database is wiped by every bench run"
@@ -34,8 +36,7 @@ def redis_db(url: str) -> int:
 def claim_redis(url: str, force: bool) -> int:
     """Flush the Redis db of ``url`` if it is empty, marked, or ``force``;
     returns how many keys it held."""
-    client = redis.Redis.from_url(url)
-    try:
+    with redis.Redis.from_url(url) as client:
         keys = int(client.dbsize())
         if keys and not client.exists(REDIS_MARK) and not force:
             raise NotOwned(
@@ -46,32 +47,29 @@ def claim_redis(url: str, force: bool) -> int:
         client.flushdb()
         client.set(REDIS_MARK, "1")
         return keys
-    finally:
-        client.close()
 
 
 def redis_info(url: str, section: str) -> dict[str, object]:
-    client = redis.Redis.from_url(url)
-    try:
+    with redis.Redis.from_url(url) as client:
         return dict(client.info(section))
-    finally:
-        client.close()
 
 
-def used_memory(url: str) -> int:
-    return int(str(redis_info(url, "memory")["used_memory"]))
-
-
-def key_bytes(url: str, keys: list[str]) -> int:
-    """MEMORY USAGE summed over ``keys`` (missing keys count 0)."""
-    client = redis.Redis.from_url(url)
-    try:
+def memory(url: str, keyspace: Keyspace) -> tuple[int, int]:
+    """(``used_memory``, bytes of the history streams: ``MEMORY USAGE`` summed)."""
+    with redis.Redis.from_url(url) as client:
         pipe = client.pipeline(transaction=False)
-        for key in keys:
+        pipe.info("memory")
+        for key in keyspace.history_streams():
             pipe.memory_usage(key, samples=0)
-        return sum(int(v or 0) for v in pipe.execute())
-    finally:
-        client.close()
+        info, *streams = pipe.execute()
+    return int(info["used_memory"]), sum(int(v or 0) for v in streams)
+
+
+def state_bytes(url: str, keyspace: Keyspace) -> int:
+    """``used_memory`` without the history streams (they hold events only until
+    the archiver has them)."""
+    used, streams = memory(url, keyspace)
+    return used - streams
 
 
 def _with_db(url: str, dbname: str) -> str:

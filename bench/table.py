@@ -1,8 +1,10 @@
-"""The report as plain-text tables for the terminal (and Markdown for docs)."""
+"""The report as tables: plain text for the terminal, GitHub Markdown for the docs
+(``segments bench --show bench.json``). ``tabulate`` renders both from the same
+rows, numbers right-aligned (the Markdown with its ``--:`` alignment row)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from tabulate import tabulate
 
 from bench.results import PERCENTILES, Report
 
@@ -13,36 +15,15 @@ CPU_GROUPS = ("api", "wrk", "redis", "archiver", "postgres", "other")
 def _fmt(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
-def render(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False, left: int = 1
-) -> str:
-    """Columns padded to their widest cell; the first ``left`` left-aligned, the rest right."""
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            str(c).ljust(w) if i < left else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return ("| " + " | ".join(padded) + " |") if markdown else "  ".join(padded)
-
-    if markdown:
-        rule = (
-            "|"
-            + "|".join(
-                ("-" * (w + 1) + ":") if i >= left else (":" + "-" * (w + 1))
-                for i, w in enumerate(widths)
-            )
-            + "|"
-        )
-    else:
-        rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+def _render(headers: list[str], rows: list[list[str]], markdown: bool, align: str = "") -> str:
+    """``align``: "l" or "r" per column; by default the first left, the others right."""
+    sides = {"l": "left", "r": "right"}
+    colalign = [sides[a] for a in align or "l" + "r" * (len(headers) - 1)]
+    fmt = "pipe" if markdown else "simple"
+    return tabulate(rows, headers, tablefmt=fmt, colalign=colalign, disable_numparse=True)
 
 
 def scenario_table(report: Report, markdown: bool = False) -> str:
@@ -69,49 +50,44 @@ def scenario_table(report: Report, markdown: bool = False) -> str:
                 *(_fmt(s.cpu_percent.get(g), 0) for g in CPU_GROUPS),
             ]
         )
-    return render(headers, rows, markdown)
+    return _render(headers, rows, markdown)
 
 
 def measurement_rows(report: Report) -> list[list[str]]:
     rows: list[list[str]] = []
-    if report.seed:
-        s = report.seed
+    if s := report.seed:
         rows.append(
             [
                 "seeding",
-                f"{s.memberships:,} memberships ({s.with_deadline:,} with deadline) "
-                f"of {s.users:,} users in {s.memberships_s:.1f} s "
-                f"({s.requests_per_s:,.0f} changes/s)",
+                f"{s.memberships:,} memberships ({s.with_deadline:,} with deadline) of "
+                f"{s.users:,} users in {s.memberships_s:.1f} s ({s.requests_per_s:,.0f} changes/s)",
             ]
         )
-    if report.memory:
-        m = report.memory
+    if m := report.memory:
         rows.append(
             [
                 "Redis memory",
                 f"{m.data_set_bytes_per_membership:.1f} bytes/membership for the whole data set "
                 f"({(m.used_after - m.used_empty) / 2**20:.1f} MiB: {m.users:,} users, "
-                f"{m.memberships:,} memberships); memberships alone "
-                f"{m.bytes_per_membership:.1f}",
+                f"{m.memberships:,} memberships); memberships alone {m.bytes_per_membership:.1f}",
             ]
         )
-    for a in report.archiver:
+    if a := report.archiver:
         rows.append(
             ["archiver", f"{a.events_per_s:,.0f} events/s ({a.events:,} rows, {a.seconds:.1f} s)"]
         )
-    if report.percent:
-        p = report.percent
+    for p in report.percent.phases if report.percent else []:
+        members = f"{p.members:,} members, " if p.members is not None else ""
         rows.append(
             [
-                "10% segment",
-                f"{p.members:,} members of {p.known_users:,} known users in {p.create_s:.2f} s; "
-                f"longest script {_fmt(p.longest_script_ms)} ms; "
+                p.name,
+                f"{members}{p.seconds:.2f} s; longest script {_fmt(p.longest_script_ms)} ms "
+                f"({p.longest_script or '-'}, {p.script_calls_over_1ms} calls over 1 ms); "
                 f"probe lookup max {_fmt(p.probe_lookup_max_ms)} ms "
                 f"(p99 {_fmt(p.probe_lookup_p99_ms)}), PING max {_fmt(p.probe_ping_max_ms)} ms",
             ]
         )
-    if report.csv:
-        c = report.csv
+    if c := report.csv:
         rows.append(
             [
                 "CSV report",
@@ -121,20 +97,27 @@ def measurement_rows(report: Report) -> list[list[str]]:
                 f"API RSS +{_fmt(c.api_rss_growth_mb, 1)} MiB",
             ]
         )
+    if h := report.hotpath:
+        rows.append(
+            [
+                "hot path in-process",
+                f"lookup p50 {h.p50_us:.0f} us, p99 {h.p99_us:.0f} us, p99.9 {h.p999_us:.0f} us, "
+                f"max {h.max_us:,.0f} us ({h.calls:,} calls)",
+            ]
+        )
     return rows
 
 
 def checks_table(report: Report, markdown: bool = False) -> str:
     marks = {True: "ok", False: "MISS", None: "n/a"}
     rows = [[c.name, _fmt(c.measured), c.target, marks[c.ok], c.note] for c in report.checks]
-    return render(["target", "measured", "goal", "", "note"], rows, markdown, left=1)
+    return _render(["target", "measured", "goal", "", "note"], rows, markdown, "lrlll")
 
 
-def full(report: Report) -> str:
-    parts = [scenario_table(report)]
-    rows = measurement_rows(report)
-    if rows:
-        parts.append(render(["measurement", "result"], rows, left=2))
+def tables(report: Report, markdown: bool = False) -> str:
+    parts = [scenario_table(report, markdown)]
+    if rows := measurement_rows(report):
+        parts.append(_render(["measurement", "result"], rows, markdown, "ll"))
     if report.checks:
-        parts.append(checks_table(report))
+        parts.append(checks_table(report, markdown))
     return "\n\n".join(parts)

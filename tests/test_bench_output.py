@@ -10,7 +10,9 @@ from bench import table
 from bench.results import (
     ArchiverResult,
     CsvResult,
+    HotPathResult,
     MemoryResult,
+    PercentPhase,
     PercentResult,
     Report,
     RunRecord,
@@ -39,20 +41,24 @@ def _run(name: str, rps: float, ratio: float | None, p99: float) -> RunRecord:
 
 
 def _percent(known: int, create_s: float, longest: float | None) -> PercentResult:
+    def phase(name: str, seconds: float, members: int | None) -> PercentPhase:
+        return PercentPhase(
+            name=name,
+            seconds=seconds,
+            members=members,
+            script_calls_over_1ms=0 if longest is None else 3,
+            longest_script_ms=longest,
+            longest_script=None if longest is None else "rolloutSegment",
+            probe_lookups=900,
+            probe_lookup_p99_ms=4.0,
+            probe_lookup_max_ms=12.0,
+            probe_ping_max_ms=9.0,
+            redis_bytes=50_000_000,
+        )
+
     return PercentResult(
         known_users=known,
-        register_s=3.0,
-        create_s=create_s,
-        members=known // 10,
-        longest_script_ms=longest,
-        longest_command="EVALSHA abc 6 ...",
-        slowlog_checked=True,
-        slowlog_entries=3,
-        probe_lookups=900,
-        probe_lookup_max_ms=12.0,
-        probe_lookup_p99_ms=4.0,
-        probe_ping_max_ms=9.0,
-        latency_monitor_max_ms=8.0,
+        phases=[phase("create 10%", create_s, known // 10), phase("delete 10%", 2.0, None)],
     )
 
 
@@ -80,9 +86,8 @@ def report() -> Report:
             users=100_000,
             bytes_per_membership=140.0,
             data_set_bytes_per_membership=140.2,
-            gross_bytes_per_membership=140.002,
         ),
-        archiver=[ArchiverResult(events=500_000, seconds=5.0, events_per_s=100_000.0, method="x")],
+        archiver=ArchiverResult(events=500_000, seconds=5.0, events_per_s=100_000.0),
         percent=_percent(1_000_000, 4.0, 20.0),
         csv=CsvResult(
             rows=600_000,
@@ -95,6 +100,7 @@ def report() -> Report:
             api_rss_max_mb=204.0,
             api_rss_growth_mb=4.0,
         ),
+        hotpath=HotPathResult(calls=1000, p50_us=80.0, p99_us=150.0, p999_us=400.0, max_us=900.0),
     )
 
 
@@ -132,27 +138,34 @@ def test_checks_not_measured_or_off_size(report: Report) -> None:
     report.settings["connections"] = 32
     report.percent = _percent(50_000, 0.5, None)
     report.csv = None
-    report.archiver = []
+    report.archiver = None
     found = {c.name: c for c in checks(report)}
     assert found["lookup p99 (ms)"].ok is None
     assert found["10% segment creation (s)"].ok is None
     assert found["longest script call (ms)"].ok is True  # none over 1 ms
+    assert found["longest script call (ms)"].measured is None
     assert found["CSV rows/s"].ok is None
     assert found["archiver events/s"].ok is None
 
 
-def test_terminal_tables(report: Report) -> None:
+def test_terminal_and_markdown_tables(report: Report) -> None:
     report.checks = checks(report)
-    text = table.full(report)
-    for name in ("ceiling", "lookup", "change", "90,000 users/s", "bytes/membership", "MISS"):
+    text = table.tables(report)
+    for name in ("ceiling", "lookup", "90,000 users/s", "bytes/membership", "MISS", "delete 10%"):
         assert name in text
-    md = table.scenario_table(report, markdown=True)
-    lines = md.splitlines()
-    assert lines[0].startswith("| scenario")
-    assert lines[1].startswith("|:-")
-    assert len({line.count("|") for line in lines}) == 1
+    assert "rolloutSegment" in text and "p99 150 us" in text
+    md = table.tables(report, markdown=True)
+    scenario_lines = md.split("\n\n")[0].splitlines()
+    assert scenario_lines[0].startswith("| scenario")
+    assert scenario_lines[1].startswith("|:-") and scenario_lines[1].endswith(":|")
+    assert len({line.count("|") for line in scenario_lines}) == 1
 
 
-def test_render_aligns_columns() -> None:
-    out = table.render(["a", "bb"], [["xyz", "1"], ["q", "22"]])
-    assert out.splitlines() == ["a    bb", "---  --", "xyz   1", "q    22"]
+def test_show_prints_a_saved_report(
+    report: Report, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import cli
+
+    path = write_json(report, tmp_path / "bench.json")
+    assert cli.main(["--show", str(path)]) == 0
+    assert "| lookup-batch" in capsys.readouterr().out

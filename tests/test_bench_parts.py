@@ -6,7 +6,7 @@ import pytest
 
 from bench import cli, cpu, scenarios, seed, stores
 from bench.context import Options
-from bench.percent import slowest
+from bench.percent import script_calls
 
 
 def test_cpu_percent_of_one_core() -> None:
@@ -28,7 +28,7 @@ def test_cpu_snapshot_of_this_process() -> None:
 
 
 def test_memberships_of_a_user() -> None:
-    slugs = seed.Pool(20).slugs()
+    slugs = seed.pool(20)
     assert slugs[0] == "BENCH_00" and slugs[-1] == "BENCH_19"
     items = seed.memberships_of(7, slugs, 5, seed=1)
     assert items == seed.memberships_of(7, slugs, 5, seed=1)
@@ -60,6 +60,14 @@ def test_options_own_service_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert opts.database_url == cli.DEFAULT_DATABASE_URL
     assert (opts.connections, opts.users, opts.memberships) == (64, 100_000, 5)
     assert opts.scenarios == scenarios.DEFAULT
+    assert opts.shards is None and opts.settings()["auth"] is False
+
+
+def test_options_shards_and_token_in_the_settings() -> None:
+    opts = _opts("--shards", "64", "--token", "secret", "--scenarios", "lookup,csv")
+    settings = opts.settings()
+    assert settings["shards"] == 64 and settings["scenarios"] == "lookup,csv"
+    assert settings["auth"] is True and "secret" not in settings.values()
 
 
 def test_options_with_url_wipe_nothing_by_default() -> None:
@@ -78,6 +86,9 @@ def test_options_with_url_wipe_nothing_by_default() -> None:
         ["--segments", "2", "--memberships", "1"],
         ["--duration", "0.5"],
         ["--scenarios", "nope"],
+        ["--shards", "0"],
+        ["--url", "http://127.0.0.1:8000", "--shards", "64"],
+        ["--profile", "csv"],
     ],
 )
 def test_bad_options(argv: list[str]) -> None:
@@ -97,15 +108,15 @@ def test_store_names() -> None:
     assert stores.pg_dbname("postgresql://127.0.0.1:5432") == "postgres"
 
 
-def test_slowest_script_call_of_our_clients() -> None:
+def test_script_calls_of_our_clients_named() -> None:
     entries: list[dict[str, object]] = [
-        {"duration": 90_000, "command": b"EVALSHA aaa 1 k", "client_address": b"127.0.0.1:9"},
-        {"duration": 70_000, "command": b"KEYS *", "client_address": b"127.0.0.1:1"},
-        {"duration": 12_500, "command": b"EVALSHA bbb 6 k", "client_address": b"127.0.0.1:1"},
-        {"duration": 3_000, "command": b"evalsha ccc 6 k", "client_address": b"127.0.0.1:2"},
+        {"duration": 90_000, "command": "EVALSHA aaa 1 k", "client_address": "127.0.0.1:9"},
+        {"duration": 70_000, "command": "KEYS *", "client_address": "127.0.0.1:1"},
+        {"duration": 12_500, "command": "EVALSHA bbb 6 k", "client_address": "127.0.0.1:1"},
+        {"duration": 3_000, "command": "evalsha ccc 6 k", "client_address": "127.0.0.1:2"},
     ]
-    ms, command = slowest(entries, {"127.0.0.1:1", "127.0.0.1:2"})
-    assert ms == pytest.approx(12.5)
-    assert command is not None and command.startswith("EVALSHA bbb")
-    assert slowest(entries)[0] == pytest.approx(90.0)
-    assert slowest([]) == (None, None)
+    names = {"bbb": "rolloutSegment"}
+    ours = script_calls(entries, {"127.0.0.1:1", "127.0.0.1:2"}, names)
+    assert ours == [(pytest.approx(12.5), "rolloutSegment"), (pytest.approx(3.0), "ccc")]
+    assert max(script_calls(entries, None, names))[0] == pytest.approx(90.0)
+    assert script_calls([], None, names) == []
