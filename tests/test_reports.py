@@ -34,7 +34,6 @@ from litestar.testing import AsyncTestClient
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from archiver.bench import fill_history
 from service.api.history import ROUTES
 from service.errors import DomainError
 from service.reports import (
@@ -47,7 +46,13 @@ from service.reports import (
 )
 from service.settings import Settings
 from service.store import Store
-from tests.support.history import Event, add_events, archiver_in_thread, prepare_database
+from tests.support.history import (
+    Event,
+    add_events,
+    archiver_in_thread,
+    fill_history,
+    prepare_database,
+)
 
 KEY = b"test-signing-key-0123456789"
 

@@ -207,3 +207,21 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+def fill_history(database_url: str, rows: int, period: str = "2020-01") -> None:
+    """``rows`` history rows in ``period`` (its partition created), straight into
+    PostgreSQL with ``generate_series``: a big report without the archiver."""
+    migrate(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT history_ensure_partition(%s::date)", (f"{period}-01",))
+        conn.execute(
+            "INSERT INTO history"
+            " (ts, user_id, segment, operation, reason, stream, entry_ms, entry_seq)"
+            " SELECT %s::timestamptz + (i * interval '1 millisecond'), 1 + i %% 100000,"
+            " 'SEGMENT_' || (i %% 50), CASE WHEN i %% 2 = 0 THEN 'add' ELSE 'remove' END,"
+            " 'manual', '{bench}:events', i, 0"
+            " FROM generate_series(1, %s) AS i ON CONFLICT DO NOTHING",
+            (f"{period}-01T00:00:00Z", rows),
+        )
+        conn.execute("ANALYZE history")  # as autovacuum would soon: realistic plans
