@@ -11,21 +11,20 @@ known word, so none needs escaping, and the hot path builds no objects.
 
 from __future__ import annotations
 
-import re
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-MAX_USER_ID = 2**63 - 1
+from segments_core import rules
+
 MIN_TS_MS = 946_684_800_000
 """2000-01-01: no event of this service is older; an older timestamp is a bug."""
 FUTURE_SLACK_MS = 86_400_000
-"""Events carry the API host's clock; one day of skew is tolerated, more is a
-bug (and would create partitions far ahead)."""
+"""Events carry the Redis server's clock, the archiver's host may differ: one
+day of skew is tolerated, more is a bug (and would create partitions far ahead)."""
 
-_SLUG = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 _OPERATIONS = frozenset((b"add", b"remove"))
 _REASONS = frozenset((b"manual", b"ttl", b"percent", b"segment_deleted", b"user_deleted"))
 _LIFECYCLE = frozenset(("created", "changed", "deleted"))
@@ -85,7 +84,7 @@ def _timestamp(fields: dict[bytes, bytes], name: bytes, now_ms: int) -> int:
 
 def _slug(fields: dict[bytes, bytes]) -> bytes:
     slug = fields.get(b"s")
-    if slug is None or _SLUG.match(slug) is None:
+    if slug is None or not rules.is_slug(slug):
         raise EntryError(f"field 's' is not a slug: {slug!r}")
     return slug
 
@@ -103,9 +102,9 @@ def membership_row(stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], n
     ms, sep, seq = entry_id.partition(b"-")
     if not sep or not ms.isdigit() or not seq.isdigit():
         raise EntryError(f"bad entry id {entry_id!r}")
-    if not user.isdigit() or len(user) > 19 or not 0 < int(user) <= MAX_USER_ID:
+    if rules.parse_user_id(user) is None:
         raise EntryError(f"field 'u' is not a user id: {user!r}")
-    if _SLUG.match(slug) is None:
+    if not rules.is_slug(slug):
         raise EntryError(f"field 's' is not a slug: {slug!r}")
     if operation not in _OPERATIONS:
         raise EntryError(f"field 'o' must be add or remove, got {operation!r}")
@@ -138,12 +137,9 @@ def _percent(raw: bytes | None) -> Decimal | None:
     if raw is None or raw == b"":
         return None
     try:
-        value = Decimal(raw.decode("ascii"))
-    except (InvalidOperation, UnicodeDecodeError):
-        raise EntryError(f"field 'p' is not a number: {raw!r}") from None
-    if not value.is_finite() or not 0 < value <= 100 or value != value.quantize(Decimal("0.01")):
-        raise EntryError(f"field 'p' is not a percent with two decimals at most: {raw!r}")
-    return value
+        return rules.parse_percent_text(raw.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise EntryError(f"field 'p' is not a percent with two decimals at most: {raw!r}") from None
 
 
 def lifecycle_row(stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], now_ms: int) -> Row:
@@ -161,7 +157,7 @@ def lifecycle_row(stream: bytes, entry_id: bytes, fields: dict[bytes, bytes], no
         description = None if raw_description is None else raw_description.decode("utf-8")
     except UnicodeDecodeError:
         raise EntryError("field 'desc' is not UTF-8") from None
-    if description is not None and "\x00" in description:
+    if description is not None and not rules.is_storable_text(description):
         raise EntryError("field 'desc' holds a NUL character")  # PostgreSQL text cannot
     row = (
         stream.decode("ascii"),

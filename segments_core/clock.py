@@ -13,12 +13,16 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_LAST_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MS
+
+
+def to_datetime(ms: int) -> datetime:
+    """Exact, in integers. A time past the last datetime (a deadline stored
+    before deadlines were bounded, see ``segments_core.rules``) reads as that
+    last datetime: a read never fails on stored data."""
+    return _EPOCH + min(ms, _LAST_MS) * _MS
 
 
 def from_datetime(value: datetime) -> int:

@@ -12,36 +12,44 @@ from typing import Annotated
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-# "(?!\n)": in Python "$" also matches before a final newline ("A\n").
-SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$(?!\n)"
-MAX_USER_ID = 2**63 - 1
-MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
-"""A century: far enough for any experiment, small enough for exact ms math."""
+from segments_core import rules
+from segments_core.rules import MAX_USER_ID, SLUG_PATTERN, percent_x100
 
 Slug = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=100,
+        max_length=rules.SLUG_MAX_LENGTH,
         pattern=SLUG_PATTERN,
         description="Segment slug: 1-100 characters, letters, digits, _ . - ; case sensitive",
         examples=["AVITO_DISCOUNT_30"],
     ),
 ]
-UserId = Annotated[int, Meta(ge=1, le=MAX_USER_ID, description="User id, 1 .. 2^63-1")]
-Description = Annotated[str, Meta(max_length=1000)]
+UserId = Annotated[
+    int,
+    Meta(ge=rules.MIN_USER_ID, le=MAX_USER_ID, description="User id, 1 .. 2^63-1"),
+]
+Description = Annotated[
+    str,
+    Meta(
+        max_length=rules.DESCRIPTION_MAX_LENGTH,
+        pattern=rules.DESCRIPTION_PATTERN,
+        description="Free text, up to 1,000 characters, no NUL character",
+    ),
+]
 Percent = Annotated[
     float,
-    Meta(gt=0, le=100, description="Share of all users, 0 < p <= 100, two decimals at most"),
+    Meta(
+        gt=0,
+        le=rules.PERCENT_MAX,
+        description="Share of all users, 0 < p <= 100, two decimals at most",
+        # msgspec's own multiple_of check is exact arithmetic on doubles
+        # (0.07 is no multiple of 0.01 there): the schema states the step,
+        # rules.percent_x100 enforces it.
+        extra_json_schema={"extra": {"multipleOf": rules.PERCENT_STEP}},
+    ),
 ]
-
-
-def percent_x100(value: float) -> int:
-    """The percent in hundredths, rejecting more than two decimals."""
-    scaled = round(value * 100)
-    if abs(value * 100 - scaled) > 1e-6 or scaled < 1:
-        raise ValueError("percent must be at least 0.01, with two decimals at most")
-    return scaled
+TtlSeconds = Annotated[int, Meta(gt=0, le=rules.MAX_TTL_SECONDS)]
 
 
 class SegmentCreate(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -86,12 +94,14 @@ class UsersCreated(Struct, kw_only=True):
 
 class AddItem(Struct, kw_only=True, forbid_unknown_fields=True):
     slug: Slug
-    ttl_seconds: Annotated[int, Meta(gt=0, le=MAX_TTL_SECONDS)] | None = None
+    ttl_seconds: TtlSeconds | None = None
     expires_at: Annotated[datetime, Meta(tz=True)] | None = None
 
     def __post_init__(self) -> None:
         if self.ttl_seconds is not None and self.expires_at is not None:
             raise ValueError("give ttl_seconds or expires_at, not both")
+        if self.expires_at is not None:
+            rules.deadline_ms(self.expires_at)  # bounded: every deadline reads back
 
 
 class ChangeRequest(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -15,27 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import math
-import re
 import time
 from collections.abc import AsyncGenerator, Mapping
+from urllib.parse import urlencode
 
 import msgspec
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from segments_core import rules
 from segments_core.streams import AnyRedis, EntryId, GroupState, group_state, last_generated_ids
 from service.errors import DomainError
 
-MAX_USER_ID = 2**63 - 1
-PERIOD_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
-SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-_PERIOD = re.compile(PERIOD_PATTERN)
-_SLUG = re.compile(SLUG_PATTERN)
-_DIGITS = re.compile(r"^[1-9][0-9]{0,18}$")
+MAX_EXPIRES = 10**12
+"""Expiry of a link, unix seconds: far beyond any TTL; a longer number is no
+link of ours (and Python refuses to read numbers of 4,301 digits or more)."""
 
 CSV_HEADER = "user_id,segment,operation,timestamp,reason"
 CHUNK_BYTES = 64 * 1024
@@ -78,27 +75,27 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
     def parse(
         cls, period: str, user_id: int | str | None = None, segment: str | None = None
     ) -> ReportQuery:
-        if not _PERIOD.match(period) or period < "1970-01":
-            raise BadReportRequest("period must be a month, YYYY-MM (1970-01 or later)")
+        """The query, every part checked by ``segments_core.rules``; ``BadReportRequest``
+        if one is not valid (a user id as text must be in canonical form)."""
+        if rules.parse_period(period) is None:
+            raise BadReportRequest("period must be a month, YYYY-MM, from 1970-01 to 9999-12")
         if isinstance(user_id, str):
-            if not _DIGITS.match(user_id):
+            user_id = rules.parse_user_id(user_id)
+            if user_id is None:
                 raise BadReportRequest("user_id must be an integer from 1 to 2^63-1")
-            user_id = int(user_id)
-        if user_id is not None and not 0 < user_id <= MAX_USER_ID:
+        if user_id is not None and not rules.is_user_id(user_id):
             raise BadReportRequest("user_id must be an integer from 1 to 2^63-1")
-        if segment is not None and not _SLUG.match(segment):
+        if segment is not None and not rules.is_slug(segment):
             raise BadReportRequest("segment must be a slug")
         return cls(period=period, user_id=user_id, segment=segment)
 
     @property
-    def start(self) -> dt.datetime:
-        year, month = map(int, self.period.split("-"))
-        return dt.datetime(year, month, 1, tzinfo=dt.UTC)
+    def bounds_ms(self) -> tuple[int, int]:
+        """The month as ms since the epoch: first, and one past the last.
 
-    @property
-    def end(self) -> dt.datetime:
-        start = self.start
-        return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+        Integers, not datetimes: the end of 9999-12 is in the year 10000."""
+        year, month = rules.parse_period(self.period) or (0, 0)
+        return rules.period_bounds_ms(year, month)
 
     @property
     def filename(self) -> str:
@@ -145,25 +142,49 @@ def link_params(key: bytes, query: ReportQuery, expires: int) -> dict[str, str]:
     return params
 
 
-def verify(key: bytes, params: Mapping[str, str | None], now: float | None = None) -> ReportQuery:
-    """The query a link's parameters were signed for; ``LinkRejected`` if tampered or expired.
+def verify(
+    key: bytes, query_string: str | Mapping[str, str | None], now: float | None = None
+) -> ReportQuery:
+    """The query a link was signed for; ``LinkRejected`` if altered or expired.
 
-    Any malformed parameter is a rejected link too (403, not 400): a link is
-    only ever produced by ``link_params``.
+    The link's query string must be exactly the one ``link_params`` wrote for
+    it, byte for byte: the same parameters, once each, in the same order, in
+    the same spelling. So a link altered in any way, even one that would
+    read the same (``expires`` with a leading zero or other digits,
+    ``user_id=42%0A``, a second ``segment=``), is a 403 whatever its size,
+    and so is any malformed one (never a 400 that tells what was wrong: a
+    link is only ever produced by ``link_params``). A mapping is taken as the
+    query string it encodes to, in its order.
     """
-    period, expires, signature = params.get("period"), params.get("expires"), params.get("sig")
-    if not period or not expires or not signature or not expires.isdigit():
+    if not isinstance(query_string, str):
+        query_string = urlencode({k: v for k, v in query_string.items() if v is not None})
+    fields = dict(_pairs(query_string))
+    period, expires_text = fields.get("period"), fields.get("expires")
+    expires = rules.canonical_int(expires_text or "", MAX_EXPIRES)
+    if period is None or expires is None:
         raise LinkRejected("invalid report link")
     try:
-        query = ReportQuery.parse(period, params.get("user_id"), params.get("segment"))
+        query = ReportQuery.parse(period, fields.get("user_id"), fields.get("segment"))
     except BadReportRequest:
         raise LinkRejected("invalid report link") from None
-    expected = sign(key, query, int(expires))
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
+    expected = urlencode(link_params(key, query, expires))
+    # Constant time over the whole query string: the signature is part of it.
+    if not hmac.compare_digest(expected.encode(), query_string.encode("utf-8", "replace")):
         raise LinkRejected("invalid report link")
-    if int(expires) <= (time.time() if now is None else now):
+    if expires <= (time.time() if now is None else now):
         raise LinkRejected("report link expired")
     return query
+
+
+def _pairs(query_string: str) -> list[tuple[str, str]]:
+    # Plain split, no decoding: a signed link holds no escapes at all (every
+    # value is digits, slug characters or URL-safe base64), so anything
+    # escaped fails the comparison with the canonical form anyway.
+    pairs = []
+    for part in query_string.split("&")[:8]:
+        name, _, value = part.partition("=")
+        pairs.append((name, value))
+    return pairs
 
 
 # -- waiting for the archiver -----------------------------------------------------------------
@@ -215,15 +236,19 @@ def retry_after_s(result: WaitResult) -> int:
 # -- the CSV ------------------------------------------------------------------------------------
 
 # RFC 3339 in UTC with milliseconds, the precision events are stamped with.
+# The month's bounds are milliseconds turned into timestamps by interval
+# arithmetic, as the archiver writes them (exact, and fine in the year 10000).
 _REPORT = sql.SQL(
     "COPY (SELECT user_id, segment, operation,"
     ' to_char(ts AT TIME ZONE \'UTC\', \'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\') AS "timestamp",'
     " reason"
     " FROM history WHERE ts >= {start} AND ts < {end}{filters}"
-    # The event key breaks ties, so a report is the same every time it is run.
+    # Time, then the stream entry id: one user's events all sit in one
+    # stream, so for them this is the order the scripts ran in (SPEC §3).
     " ORDER BY ts, stream, entry_ms, entry_seq"
     ") TO STDOUT (FORMAT csv, HEADER)"
 )
+_AT_MS = "timestamptz 'epoch' + {} * interval '1 millisecond'"
 
 
 def report_sql(query: ReportQuery) -> sql.Composed:
@@ -232,9 +257,10 @@ def report_sql(query: ReportQuery) -> sql.Composed:
         filters.append(sql.SQL(" AND user_id = {}").format(sql.Literal(query.user_id)))
     if query.segment is not None:
         filters.append(sql.SQL(" AND segment = {}").format(sql.Literal(query.segment)))
+    start_ms, end_ms = query.bounds_ms
     return _REPORT.format(
-        start=sql.Literal(query.start),
-        end=sql.Literal(query.end),
+        start=sql.SQL(_AT_MS).format(sql.Literal(start_ms)),
+        end=sql.SQL(_AT_MS).format(sql.Literal(end_ms)),
         filters=sql.Composed(filters),
     )
 

@@ -85,9 +85,9 @@ def test_bad_periods(period: str) -> None:
 
 def test_period_bounds_and_filename() -> None:
     q = ReportQuery.parse("2023-12", "42", "AVITO_X")
-    assert (q.start, q.end) == (
-        dt.datetime(2023, 12, 1, tzinfo=dt.UTC),
-        dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    assert q.bounds_ms == (
+        int(dt.datetime(2023, 12, 1, tzinfo=dt.UTC).timestamp()) * 1000,
+        int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()) * 1000,
     )
     assert q.user_id == 42
     assert q.filename == "segments-history_2023-12_user-42_segment-AVITO_X.csv"
