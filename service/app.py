@@ -20,8 +20,6 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from swagger_ui_bundle import swagger_ui_path
 
 from segments_core.clock import Clock, wall_clock_ms
@@ -34,7 +32,7 @@ from service.api.ops import OPS_ROUTES
 from service.api.segments import SegmentController
 from service.api.users import UserController
 from service.auth import require_token
-from service.errors import DomainError, error_body
+from service.errors import ANSWERED, answer_for
 from service.feed import FeedHub, end_streams_on_exit, open_hub
 from service.resp import RespConnection
 from service.settings import Settings, load
@@ -45,17 +43,11 @@ MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger("segments.api")
 
 
-def _domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
-    return Response(error_body(exc), status_code=exc.status_code, media_type=MediaType.JSON)
-
-
-def _redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.warning("Redis unavailable: %s", exc)
+def _error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Every failure in ``errors.ANSWERED``, answered as the hot path answers it."""
+    answer = answer_for(exc)
     return Response(
-        {"status_code": 503, "detail": "storage unavailable, retry shortly"},
-        status_code=503,
-        headers={"Retry-After": "1"},
-        media_type=MediaType.JSON,
+        answer.body, status_code=answer.status, headers=answer.headers, media_type=MediaType.JSON
     )
 
 
@@ -71,8 +63,12 @@ class SegmentsApp(Litestar):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms) -> Litestar:
-    """The app; resources open in its lifespan. ``clock`` lets tests drive time."""
+def create_app(
+    settings: Settings | None = None, *, clock: Clock = wall_clock_ms, hot_path: bool = True
+) -> Litestar:
+    """The app; resources open in its lifespan. ``clock`` lets tests drive time;
+    ``hot_path=False`` sends every request through the framework (the parity
+    test compares the two)."""
     settings = settings or load()
     if settings.redis_url is None:
         raise RuntimeError("REDIS_URL is not set (`segments dev` starts an embedded Redis)")
@@ -97,7 +93,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
         store = Store(redis, clock=clock, scripts_via=fast, keyspace=keyspace)
         app.state.redis = redis
         app.state.store = store
-        app.state.hot_path = hotpath.HotPath(store, settings)
+        app.state.hot_path = hotpath.HotPath(store, settings) if hot_path else None
         pg = None
         if settings.database_url is not None:
             pg = AsyncConnectionPool(
@@ -172,11 +168,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = wall_clock_ms
             "pg": Provide(provide_pg, sync_to_thread=False),
             "feed": Provide(provide_feed, sync_to_thread=False),
         },
-        exception_handlers={
-            DomainError: _domain_error,
-            RedisConnectionError: _redis_down,
-            RedisTimeoutError: _redis_down,
-        },
+        exception_handlers=dict.fromkeys(ANSWERED, _error),
         lifespan=[lifespan],
         state=State({"settings": settings, "pg": None}),
         request_max_body_size=MAX_BODY_BYTES,

@@ -1,6 +1,20 @@
-"""The domain's exceptions; ``service.app`` maps them to HTTP in one place."""
+"""The domain's exceptions, and the one mapping of failures to HTTP answers.
+
+Both paths of a request, the framework's handlers (``service.app``) and the
+hot path (``service.hotpath``), answer a failure with :func:`answer_for`, so
+an error has one status, body and set of headers whichever path met it.
+"""
 
 from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from segments_core import unavailable
+
+log = logging.getLogger("segments.api")
 
 
 class DomainError(Exception):
@@ -50,3 +64,38 @@ class ScriptArgumentError(DomainError):
     """
 
     status_code = 400
+
+
+class ErrorAnswer(NamedTuple):
+    status: int
+    body: dict[str, object]
+    headers: dict[str, str]
+
+
+UNAVAILABLE = ErrorAnswer(
+    503,
+    {"status_code": 503, "detail": unavailable.DETAIL},
+    {"Retry-After": str(unavailable.RETRY_AFTER_S)},
+)
+"""Redis cannot answer right now (``segments_core.unavailable``)."""
+
+INTERNAL = ErrorAnswer(500, {"status_code": 500, "detail": "Internal Server Error"}, {})
+"""A bug: the body Litestar gives an unhandled exception."""
+
+
+ANSWERED: tuple[type[Exception], ...] = (DomainError, RedisError, RedisClusterException)
+"""What both paths answer with :func:`answer_for` (the framework's exception
+handlers are registered for exactly these); anything else is a 500."""
+
+
+def answer_for(exc: BaseException) -> ErrorAnswer:
+    """The HTTP answer to a failure: the domain's own error, 503 when Redis
+    cannot answer now, else 500. Logged when it is a 5xx (a 500 with its
+    traceback)."""
+    if isinstance(exc, DomainError):
+        return ErrorAnswer(exc.status_code, error_body(exc), {})
+    if isinstance(exc, ANSWERED) and unavailable.is_unavailable(exc):
+        log.warning("Redis unavailable: %s", exc)
+        return UNAVAILABLE
+    log.error("internal error: %s", exc, exc_info=exc)
+    return INTERNAL
