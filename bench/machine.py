@@ -16,23 +16,19 @@ from bench.context import Context, Options
 
 
 def _command_output(args: list[str]) -> str:
+    """The first line a command prints ("" if it cannot run)."""
     try:
         out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+    return ((out.stdout or out.stderr).strip().splitlines() or [""])[0]
 
 
 def machine_info(opts: Options, busy_percent: float) -> dict[str, str | int | float]:
     """A description of the machine for the report; ``busy_percent``: its CPU use just before."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    models = [ln.split(":", 1)[1] for ln in cpuinfo.splitlines() if ln.startswith("model name")]
+    model = models[0].strip() if models else platform.processor()
     info: dict[str, str | int | float] = {
         "cpus": os.cpu_count() or 0,
         "cpu_model": model,
@@ -53,38 +49,24 @@ def machine_info(opts: Options, busy_percent: float) -> dict[str, str | int | fl
     return info
 
 
-def _local_port(url: str) -> int | None:
-    parts = urlsplit(url)
-    if parts.hostname in ("127.0.0.1", "localhost", "::1"):
-        return parts.port
-    return None
-
-
 def process_groups(ctx: Context) -> dict[str, cpu.Lister]:
-    """The processes whose CPU each run reports (wrk's comes from wait4)."""
-    groups: dict[str, cpu.Lister] = {}
-    if ctx.api is not None:
-        groups["api"] = cpu.tree(ctx.api.pid)
-    else:
-        pid = cpu.listener_pid(ctx.http.base_url.port or 80)
-        if pid is not None:
-            groups["api"] = cpu.tree(pid)
-    if ctx.archiver is not None:
-        groups["archiver"] = cpu.tree(ctx.archiver.pid)
-    if ctx.opts.redis_url and _local_port(ctx.opts.redis_url) is not None:
-        try:
-            pid = int(str(stores.redis_info(ctx.opts.redis_url, "server")["process_id"]))
-            groups["redis"] = cpu.tree(pid)
-        except Exception:  # Redis elsewhere or unreadable: not measured
-            pass
-    if ctx.opts.database_url:
-        port = _local_port(ctx.opts.database_url) or (
-            5432 if urlsplit(ctx.opts.database_url).hostname in (None, "") else None
-        )
-        pid = cpu.listener_pid(port) if port else None
-        if pid is not None:
-            groups["postgres"] = cpu.tree(pid)
+    """The processes whose CPU each run reports (wrk's comes from wait4): the ones the
+    bench started, else the listeners of the local ports of the service and stores."""
     me = os.getpid()
+    roots = {
+        "api": ctx.api.pid if ctx.api else cpu.listener_pid(ctx.http.base_url.port or 80),
+        "archiver": ctx.archiver.pid if ctx.archiver else None,
+    }
+    for name, url, default in (
+        ("redis", ctx.opts.redis_url, 6379),
+        ("postgres", ctx.opts.database_url, 5432),
+    ):
+        parts = urlsplit(url or "")
+        if url and parts.hostname in (None, "", "127.0.0.1", "localhost", "::1"):
+            roots[name] = cpu.listener_pid(parts.port or default)
+    groups: dict[str, cpu.Lister] = {
+        name: cpu.tree(pid) for name, pid in roots.items() if pid is not None
+    }
     groups["bench"] = lambda: [psutil.Process(me)]
     return groups
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from bench import profile
 
 RAW = """\
@@ -30,17 +28,14 @@ def test_frame_names_drop_lines_and_long_paths() -> None:
     assert profile.frame_name("<module> (<string>)") == "<module> (<string>)"
 
 
-def test_parse_and_top() -> None:
+def test_parse_and_shares() -> None:
     stacks = profile.parse_raw(RAW.splitlines()[:3])
-    assert sum(stacks.values()) == 10
-    samples, by_self, by_total = profile.top(stacks, n=10)
+    samples, own, total = profile.shares(stacks)
     assert samples == 10
-    own = {r.function: r.self_share for r in by_self}
-    assert own["user_segments (service/store.py)"] == pytest.approx(0.6)
-    assert own["handle (litestar/http.py)"] == pytest.approx(0.3)
-    total = {r.function: r.total_share for r in by_total}
-    assert total["handle (litestar/http.py)"] == pytest.approx(0.9)
-    assert total["run (asyncio/runners.py)"] == pytest.approx(1.0)
+    assert own["user_segments (service/store.py)"] == 6
+    assert own["handle (litestar/http.py)"] == 3
+    assert total["handle (litestar/http.py)"] == 9
+    assert total["run (asyncio/runners.py)"] == 10
 
 
 def test_summary_of_files(tmp_path: Path) -> None:
