@@ -76,7 +76,7 @@ def decode(text: str, shards: int) -> list[EntryId]:
     if not text or len(text) > 4096 or not text.isascii():
         raise CursorError("malformed cursor")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise CursorError("malformed cursor (not base64url)") from None
     if not data or data[0] != VERSION:
