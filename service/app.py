@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import RedisCluster
 from swagger_ui_bundle import swagger_ui_path
 
-from segments_core.clock import Clock, wall_clock_ms
+from segments_core.clock import Clock
 from segments_core.keys import load_keyspace
 from segments_core.redis_client import connect
 from service import hotpath, sweeper
@@ -64,7 +64,7 @@ class SegmentsApp(Litestar):
 
 
 def create_app(
-    settings: Settings | None = None, *, clock: Clock = wall_clock_ms, hot_path: bool = True
+    settings: Settings | None = None, *, clock: Clock | None = None, hot_path: bool = True
 ) -> Litestar:
     """The app; resources open in its lifespan. ``clock`` lets tests drive time;
     ``hot_path=False`` sends every request through the framework (the parity

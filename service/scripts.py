@@ -9,13 +9,21 @@ the key count from the name and checks every call against it. Lines
 shared by several scripts are written once. A Redis that lost its script
 cache (restart, failover, ``SCRIPT FLUSH``) is given the script again on the
 next call.
+
+Time: every script reads the Redis server's clock (``TIME``) itself; a
+caller puts ``NOW`` where a script takes its "now" argument, and the
+production build sends an empty one. ``load_scripts(clock=...)`` makes the
+test build instead: its scripts take the time the clock gives at the moment
+of each call (``TEST_CLOCK`` is on in their source, so they have another
+SHA). Only tests pass a clock; the production build refuses an explicit
+time, so nothing in production can set the service's time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -28,6 +36,18 @@ from service.errors import ScriptArgumentError
 LUA_DIR: Traversable = resources.files("service") / "lua"
 _INCLUDE = re.compile(r'^--- @include "([A-Za-z0-9_]+)"$', re.MULTILINE)
 _NAME = re.compile(r"^([A-Za-z]+)-(\d+)\.lua$")
+_CLOCK_OFF = "\nlocal TEST_CLOCK = false\n"
+_CLOCK_ON = "\nlocal TEST_CLOCK = true\n"
+
+
+class _Now:
+    """The placeholder for a script's "now" argument (``NOW``)."""
+
+    def __repr__(self) -> str:
+        return "NOW"
+
+
+NOW = _Now()
 
 
 def _expand(source: str) -> str:
@@ -41,10 +61,18 @@ class LuaScript:
     num_keys: int
     source: str
     sha: str
+    clock: Callable[[], int] | None = None
+    """The test build's clock; None in production."""
+
+    def time_arg(self) -> str:
+        """The "now" argument: empty (the script reads TIME), or the test clock's time."""
+        return "" if self.clock is None else str(self.clock())
 
     async def __call__(self, redis: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if len(keys) != self.num_keys:
             raise ValueError(f"{self.name} takes {self.num_keys} keys, got {len(keys)}")
+        # Read at the call, so a test clock moved while the call waited counts.
+        args = [self.time_arg() if a is NOW else a for a in args]
         try:
             try:
                 return await redis.execute_command(
@@ -64,8 +92,12 @@ class LuaScript:
             raise
 
 
-def load_scripts(directory: Traversable = LUA_DIR) -> dict[str, LuaScript]:
-    """Every script of the directory by name (``changeMemberships``)."""
+def load_scripts(
+    directory: Traversable = LUA_DIR, *, clock: Callable[[], int] | None = None
+) -> dict[str, LuaScript]:
+    """Every script of the directory by name (``changeMemberships``).
+
+    With ``clock``, the test build (module docstring): tests only."""
     scripts: dict[str, LuaScript] = {}
     files = (f for f in directory.iterdir() if f.is_file() and f.name.endswith(".lua"))
     for path in sorted(files, key=lambda f: f.name):
@@ -73,6 +105,8 @@ def load_scripts(directory: Traversable = LUA_DIR) -> dict[str, LuaScript]:
         if match is None:
             raise ValueError(f"{path.name}: expected a name like verbNoun-3.lua")
         source = _expand(path.read_text())
+        if clock is not None:
+            source = source.replace(_CLOCK_OFF, _CLOCK_ON)
         sha = hashlib.sha1(source.encode()).hexdigest()
-        scripts[match[1]] = LuaScript(match[1], int(match[2]), source, sha)
+        scripts[match[1]] = LuaScript(match[1], int(match[2]), source, sha, clock)
     return scripts

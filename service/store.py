@@ -16,10 +16,10 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 from redis.exceptions import NoScriptError
 
-from segments_core.clock import Clock, wall_clock_ms
+from segments_core.clock import Clock
 from segments_core.keys import GLOBAL, Keyspace, ShardKeys
-from service.errors import SegmentExists, SegmentNotFound, UnknownSegments
-from service.scripts import LuaScript, load_scripts
+from service.errors import InvalidRequest, SegmentExists, SegmentNotFound, UnknownSegments
+from service.scripts import NOW, LuaScript, load_scripts
 
 PURGE_SCAN_COUNT = 1_000
 """Users looked at per purge call: keeps one call to a few milliseconds."""
@@ -56,6 +56,9 @@ class AddItem(NamedTuple):
     slug: str
     deadline_ms: int
     """0 for none."""
+    ttl_ms: int = 0
+    """0 for none; else the deadline is the script's time plus this, on the
+    Redis server's clock (give a deadline or a ttl, not both)."""
 
 
 def _memberships(flat: Sequence[Any]) -> list[Membership]:
@@ -82,11 +85,14 @@ class Store:
     def __init__(
         self,
         redis: Any,
-        clock: Clock = wall_clock_ms,
+        clock: Clock | None = None,
         scripts_via: Any = None,
         keyspace: Keyspace | None = None,
     ) -> None:
         """``redis``: a redis-py client (single or Cluster) for plain commands;
+        ``clock``: for tests only, a clock that drives time (ms since the
+        epoch) through the test build of the scripts; without one (always in
+        production) every script reads the Redis server's clock itself;
         ``scripts_via``: where scripts run, e.g. a ``service.resp.RespConnection``
         to the same single Redis (default: ``redis``); ``keyspace``: the
         deployment's shards (``segments_core.keys.load_keyspace``; default 16)."""
@@ -94,7 +100,7 @@ class Store:
         self.keyspace = keyspace or Keyspace()
         self.conn = redis if scripts_via is None else scripts_via
         self.clock = clock
-        self.scripts: dict[str, LuaScript] = load_scripts()
+        self.scripts: dict[str, LuaScript] = load_scripts(clock=clock)
         s = self.scripts
         self._get = s["getMemberships"]
         self._change = s["changeMemberships"]
@@ -102,11 +108,10 @@ class Store:
     # --- segments ---------------------------------------------------------
 
     async def create_segment(self, slug: str, description: str, percent_x100: int) -> Segment:
-        now = self.clock()
         reply = await self.scripts["createSegment"](
             self.conn,
             [GLOBAL.segments, GLOBAL.next_id, GLOBAL.events, GLOBAL.rollouts],
-            [slug, description, percent_x100, now],
+            [slug, description, percent_x100, NOW],
         )
         if reply[0] == 1:
             raise SegmentExists(f"segment {slug} exists", {"slug": slug})
@@ -129,7 +134,7 @@ class Store:
                 description or "",
                 "0" if percent_x100 is None else "1",
                 percent_x100 or 0,
-                self.clock(),
+                NOW,
             ],
         )
         if reply[0] == 2:
@@ -141,9 +146,8 @@ class Store:
         return await self.get_segment(slug)
 
     async def delete_segment(self, slug: str) -> None:
-        now = self.clock()
         reply = await self.scripts["deleteSegment"](
-            self.conn, [GLOBAL.segments, GLOBAL.deleting, GLOBAL.events], [slug, now]
+            self.conn, [GLOBAL.segments, GLOBAL.deleting, GLOBAL.events], [slug, NOW]
         )
         if reply[0] == 2:
             raise SegmentNotFound(f"segment {slug} not found", {"slug": slug})
@@ -156,7 +160,7 @@ class Store:
                 retire(
                     self.conn,
                     [k.seg_id, k.seg_slug, k.seg_pct, k.seg_hi, k.seg_dying, k.seg_rev],
-                    [segment_id, slug, self.clock()],
+                    [segment_id, slug, NOW],
                 )
                 for k in self.keyspace.shard_keys
             )
@@ -167,12 +171,11 @@ class Store:
     async def _purge_shard(self, k: ShardKeys, segment_id: int) -> None:
         purge = self.scripts["purgeSegment"]
         cursor = "0"
-        started = self.clock()  # after the retirement: see dyingRemoval in common.lua
         while True:
             cursor = await purge(
                 self.conn,
                 [k.users, k.seg_dying, k.seg_dead, k.counts, k.due, k.events],
-                [k.user_prefix, segment_id, cursor, PURGE_SCAN_COUNT, started],
+                [k.user_prefix, segment_id, cursor, PURGE_SCAN_COUNT],
             )
             if cursor == "0":
                 return
@@ -192,7 +195,7 @@ class Store:
                         k.seg_dead,
                         k.seg_rev,
                     ],
-                    [segment.id, segment.slug, segment.percent_x100, segment.rev, self.clock()],
+                    [segment.id, segment.slug, segment.percent_x100, segment.rev, NOW],
                 )
                 for k in self.keyspace.shard_keys
             )
@@ -226,7 +229,7 @@ class Store:
             cursor, a, r = await rollout(
                 self.conn,
                 [k.users, k.seg_slug, k.seg_pct, k.seg_hi, k.counts, k.events],
-                [k.user_prefix, segment_id, cursor, ROLLOUT_SCAN_COUNT, self.clock()],
+                [k.user_prefix, segment_id, cursor, ROLLOUT_SCAN_COUNT, NOW],
             )
             added, removed = added + int(a), removed + int(r)
             if cursor == "0":
@@ -267,13 +270,12 @@ class Store:
         for uid in dict.fromkeys(user_ids):
             by_shard[self.keyspace.shard_of(uid)].append(uid)
         register = self.scripts["registerUsers"]
-        now = self.clock()
         created = await asyncio.gather(
             *(
                 register(
                     self.conn,
                     [k.users, k.seg_slug, k.seg_pct, k.counts, k.events],
-                    [k.user_prefix, now, *by_shard[k.shard]],
+                    [k.user_prefix, NOW, *by_shard[k.shard]],
                 )
                 for k in self.keyspace.shard_keys
                 if by_shard[k.shard]
@@ -287,7 +289,7 @@ class Store:
             await self.scripts["deleteUser"](
                 self.conn,
                 [k.user(user_id), k.users, k.seg_slug, k.seg_dying, k.counts, k.due, k.events],
-                [user_id, self.clock()],
+                [user_id, NOW],
             )
         )
 
@@ -296,12 +298,12 @@ class Store:
         return [k.user(user_id), k.users, k.seg_slug, k.seg_pct, k.counts, k.events]
 
     async def user_segments(self, user_id: int) -> list[Membership]:
-        flat = await self._get(self.conn, self._get_keys(user_id), [user_id, self.clock()])
+        flat = await self._get(self.conn, self._get_keys(user_id), [user_id, NOW])
         return _memberships(flat)
 
     async def lookup(self, user_ids: Sequence[int]) -> list[list[Membership]]:
         """Segments of many users in one round trip, in the order given."""
-        now = self.clock()
+        now = self._get.time_arg()
         for attempt in (1, 2):
             pipe = self.conn.pipeline(transaction=False)
             for uid in user_ids:
@@ -322,9 +324,9 @@ class Store:
         self, user_id: int, add: Sequence[AddItem], remove: Sequence[str]
     ) -> list[Membership]:
         k = self.keyspace.for_user(user_id)
-        args: list[Any] = [user_id, self.clock(), len(add)]
+        args: list[Any] = [user_id, NOW, len(add)]
         for item in add:
-            args += (item.slug, item.deadline_ms)
+            args += (item.slug, item.deadline_ms, item.ttl_ms)
         args += remove
         reply = await self._change(
             self.conn,
@@ -343,6 +345,9 @@ class Store:
         )
         if reply[0] == 3:
             raise UnknownSegments(sorted(set(reply[1:])))
+        if reply[0] == 4:
+            slug = reply[1]
+            raise InvalidRequest(f"expires_at of {slug} is not in the future", {"slug": slug})
         return _memberships(reply[1:])
 
     # --- background work ----------------------------------------------------
@@ -350,7 +355,6 @@ class Store:
     async def sweep(self) -> int:
         """Expires every due membership; returns how many entries were handled."""
         expire = self.scripts["expireMemberships"]
-        now = self.clock()
 
         async def shard(k: ShardKeys) -> int:
             total = 0
@@ -359,7 +363,7 @@ class Store:
                     await expire(
                         self.conn,
                         [k.due, k.seg_slug, k.seg_dying, k.counts, k.events, k.seg_pct],
-                        [k.user_prefix, now, SWEEP_LIMIT],
+                        [k.user_prefix, NOW, SWEEP_LIMIT],
                     )
                 )
                 total += n

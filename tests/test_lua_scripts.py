@@ -24,8 +24,9 @@ from service.scripts import LUA_DIR, LuaScript, load_scripts
 from service.store import AddItem, Store
 from tests.support import for_user
 
-SCRIPTS = load_scripts()
 NOW = 1_700_000_000_000
+SCRIPTS = load_scripts(clock=lambda: NOW)
+"""The test build: the scripts take the explicit times these cases give."""
 UID = 5  # a user with memberships in the seeded state
 K = for_user(UID)
 
@@ -137,33 +138,28 @@ BAD_CALLS: list[tuple[str, list[Any], str]] = [
     ("registerUsers", [K.user_prefix, NOW, "-1"], "uid -1"),
     # now
     *[
-        ("changeMemberships", [UID, now, 1, "A", 0], f"now {now!r}")
-        for now in ["abc", "", "-1", "1.5", "nan", "-inf"]
+        ("changeMemberships", [UID, now, 1, "A", 0, 0], f"now {now!r}")
+        for now in ["abc", "-1", "1.5", "nan", "-inf"]
     ],
     *[("getMemberships", [UID, now], f"now {now!r}") for now in ["abc", "-1", "1.5"]],
     *[("deleteUser", [UID, now], f"now {now!r}") for now in ["abc", "-1", "0.5"]],
     ("registerUsers", [K.user_prefix, "abc", 100], "now abc"),
     ("registerUsers", [K.user_prefix, "-5", 100], "now -5"),
-    # number of adds and the pairs
+    # number of adds and the triples
     ("changeMemberships", [UID, NOW, "-1"], "nAdd -1"),
-    ("changeMemberships", [UID, NOW, "1.5", "A", 0], "nAdd 1.5"),
+    ("changeMemberships", [UID, NOW, "1.5", "A", 0, 0], "nAdd 1.5"),
     ("changeMemberships", [UID, NOW, "x"], "nAdd x"),
-    ("changeMemberships", [UID, NOW, 2, "A", 0], "too few add pairs"),
+    ("changeMemberships", [UID, NOW, 2, "A", 0, 0], "too few add triples"),
     ("changeMemberships", [UID, NOW, 1, "A"], "a slug without its deadline"),
-    ("changeMemberships", [UID, NOW, 1], "no pair at all"),
-    # deadlines
-    ("changeMemberships", [UID, NOW, 1, "A", NOW], "deadline == now"),
-    ("changeMemberships", [UID, NOW, 1, "A", NOW - 1], "deadline before now"),
-    ("changeMemberships", [UID, NOW, 1, "A", 1], "deadline long ago"),
-    ("changeMemberships", [UID, NOW, 1, "A", "-5"], "negative deadline"),
-    ("changeMemberships", [UID, NOW, 1, "A", "abc"], "deadline abc"),
-    ("changeMemberships", [UID, NOW, 1, "A", f"{NOW + 1000}.5"], "float deadline"),
-    (
-        "changeMemberships",
-        [UID, NOW, 2, "B", NOW + 5000, "A", NOW],
-        "second deadline bad (first good)",
-    ),
-    ("changeMemberships", [UID, NOW, 1, "NOPE", NOW - 1], "bad deadline and unknown slug"),
+    ("changeMemberships", [UID, NOW, 1, "A", 0], "a slug without its ttl"),
+    ("changeMemberships", [UID, NOW, 1], "no triple at all"),
+    # deadlines and ttls
+    ("changeMemberships", [UID, NOW, 1, "A", "-5", 0], "negative deadline"),
+    ("changeMemberships", [UID, NOW, 1, "A", "abc", 0], "deadline abc"),
+    ("changeMemberships", [UID, NOW, 1, "A", f"{NOW + 1000}.5", 0], "float deadline"),
+    ("changeMemberships", [UID, NOW, 1, "A", 0, "-1"], "negative ttl"),
+    ("changeMemberships", [UID, NOW, 1, "A", 0, "abc"], "ttl abc"),
+    ("changeMemberships", [UID, NOW, 1, "A", NOW + 5000, 1000], "a deadline and a ttl"),
     # the sweeper (with a "now" at which everything would expire)
     ("expireMemberships", [K.user_prefix, "abc", 10], "now abc"),
     ("expireMemberships", [K.user_prefix, "-1", 10], "now -1"),
@@ -171,11 +167,10 @@ BAD_CALLS: list[tuple[str, list[Any], str]] = [
     ("expireMemberships", [K.user_prefix, NOW + 10**6, "1.5"], "limit 1.5"),
     ("expireMemberships", [K.user_prefix, NOW + 10**6, "x"], "limit x"),
     # purge / rollout steps
-    ("purgeSegment", [K.user_prefix, "x", "0", 10, NOW], "segment id x"),
-    ("purgeSegment", [K.user_prefix, "-3", "0", 10, NOW], "segment id -3"),
-    ("purgeSegment", [K.user_prefix, 1, "x", 10, NOW], "cursor x"),
-    ("purgeSegment", [K.user_prefix, 1, "0", "-1", NOW], "count -1"),
-    ("purgeSegment", [K.user_prefix, 1, "0", 10, "x"], "now x"),
+    ("purgeSegment", [K.user_prefix, "x", "0", 10], "segment id x"),
+    ("purgeSegment", [K.user_prefix, "-3", "0", 10], "segment id -3"),
+    ("purgeSegment", [K.user_prefix, 1, "x", 10], "cursor x"),
+    ("purgeSegment", [K.user_prefix, 1, "0", "-1"], "count -1"),
     ("rolloutSegment", [K.user_prefix, "x", "0", 10, NOW], "segment id x"),
     ("rolloutSegment", [K.user_prefix, 4, "x", 10, NOW], "cursor x"),
     ("rolloutSegment", [K.user_prefix, 4, "0", "-1", NOW], "count -1"),
@@ -244,6 +239,31 @@ async def test_bad_arguments_raise_typed_error_and_change_nothing(
     await refused_without_change(raw, call)
 
 
+PAST_DEADLINES: list[tuple[list[Any], str, str]] = [
+    ([UID, NOW, 1, "A", NOW, 0], "A", "deadline == now"),
+    ([UID, NOW, 1, "A", NOW - 1, 0], "A", "deadline before now"),
+    ([UID, NOW, 1, "A", 1, 0], "A", "deadline long ago"),
+    ([UID, NOW, 2, "B", NOW + 5000, 0, "A", NOW, 0], "A", "second deadline past, first good"),
+    ([UID, NOW, 1, "NOPE", NOW - 1, 0], "NOPE", "past deadline and unknown slug"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "slug"), [pytest.param(a, s, id=why) for a, s, why in PAST_DEADLINES]
+)
+async def test_a_deadline_not_after_the_scripts_time_changes_nothing(
+    seeded: Store, r: Any, raw: Any, args: list[Any], slug: str
+) -> None:
+    """Whether a deadline is in the future is judged by the script on its own
+    clock (the Redis server's): the answer {4, slug} (a 400), nothing changed."""
+    before = await snapshot(raw)
+    assert await SCRIPTS["changeMemberships"](r, user_keys("changeMemberships"), args) == [
+        4,
+        slug,
+    ]
+    assert await snapshot(raw) == before
+
+
 # Found by these tests: malformed arguments the scripts accept. `requireNumber`
 # uses Lua's tonumber(), which takes "inf" (also "1e3", "0x10", " 12"): a
 # `now` of infinity passes (every event of the call is stamped "inf", a
@@ -252,12 +272,12 @@ async def test_bad_arguments_raise_typed_error_and_change_nothing(
 # A SSCAN count of 0 passes requireNumber and then fails inside Redis with a
 # plain "syntax error" instead of BADARG.
 ACCEPTED_BAD_CALLS: list[tuple[str, list[Any], str]] = [
-    ("changeMemberships", [UID, "inf", 1, "A", 0], "now inf"),
+    ("changeMemberships", [UID, "inf", 1, "A", 0, 0], "now inf"),
     ("getMemberships", [41, "inf"], "now inf, new user"),
-    ("changeMemberships", ["9223372036854775808", NOW, 1, "A", 0], "uid 2^63"),
+    ("changeMemberships", ["9223372036854775808", NOW, 1, "A", 0, 0], "uid 2^63"),
     ("registerUsers", [K.user_prefix, NOW, "9999999999999999999"], "uid 10^19-1"),
     ("deleteSegment", ["A", "inf"], "now inf"),
-    ("purgeSegment", [K.user_prefix, 3, "0", "0", NOW], "count 0"),
+    ("purgeSegment", [K.user_prefix, 3, "0", "0"], "count 0"),
     ("rolloutSegment", [K.user_prefix, 4, "0", "0", NOW], "count 0"),
 ]
 
@@ -298,7 +318,7 @@ async def test_valid_calls_do_change_state(seeded: Store, r: Any, raw: Any) -> N
     arguments are not refused, so the refusals come from the bad argument."""
     before = await snapshot(raw)
     script = SCRIPTS["changeMemberships"]
-    reply = await script(r, user_keys("changeMemberships"), [UID, NOW, 1, "A", NOW + 5000])
+    reply = await script(r, user_keys("changeMemberships"), [UID, NOW, 1, "A", NOW + 5000, 0])
     assert reply[0] == 0
     reply = await SCRIPTS["expireMemberships"](
         r, user_keys("expireMemberships"), [K.user_prefix, NOW + 10**6, 10]

@@ -9,10 +9,10 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
-from segments_core.clock import from_datetime, to_datetime
+from segments_core import rules
+from segments_core.clock import to_datetime
 from service.errors import InvalidRequest
 from service.models import (
-    MAX_USER_ID,
     ChangeRequest,
     ErrorBody,
     ExpandedMembership,
@@ -25,7 +25,22 @@ from service.models import (
 )
 from service.store import AddItem, Membership, Store
 
-PathUserId = Annotated[int, Parameter(ge=1, le=MAX_USER_ID, description="User id")]
+PathUserId = Annotated[
+    # Text, read by the one rule (segments_core.rules.parse_user_id): the
+    # framework's integer conversion would take "1e3" for 1000 and "1.0" for 1.
+    str,
+    Parameter(description="User id, 1 .. 2^63-1", schema_extra=rules.USER_ID_SCHEMA),
+]
+
+
+def user_id_of(text: str) -> int:
+    """A path's user id; 400 unless it is one, in plain decimal."""
+    user_id = rules.parse_user_id(text)
+    if user_id is None:
+        raise InvalidRequest(
+            "user_id must be an integer from 1 to 2^63-1, in plain decimal", {"user_id": text}
+        )
+    return user_id
 
 
 def expanded(user_id: int, memberships: list[Membership]) -> UserSegmentsExpanded:
@@ -45,21 +60,19 @@ def plain(user_id: int, memberships: list[Membership]) -> UserSegments:
 
 
 async def apply_change(store: Store, user_id: int, data: ChangeRequest) -> UserSegments:
-    """A validated change request, applied: shared by the handler and the hot path."""
-    now = store.clock()
+    """A validated change request, applied: shared by the handler and the hot path.
+
+    No clock here: a ttl goes to the script, which counts it from its own
+    time on the Redis server's clock, and the script tells whether an
+    ``expires_at`` is in the future (``InvalidRequest`` when not)."""
     adds: list[AddItem] = []
     for item in data.add:
         if isinstance(item, str):
             adds.append(AddItem(item, 0))
         elif item.ttl_seconds is not None:
-            adds.append(AddItem(item.slug, now + item.ttl_seconds * 1000))
+            adds.append(AddItem(item.slug, 0, item.ttl_seconds * 1000))
         elif item.expires_at is not None:
-            deadline = from_datetime(item.expires_at)
-            if deadline <= now:
-                raise InvalidRequest(
-                    f"expires_at of {item.slug} is not in the future", {"slug": item.slug}
-                )
-            adds.append(AddItem(item.slug, deadline))
+            adds.append(AddItem(item.slug, rules.deadline_ms(item.expires_at)))
         else:
             adds.append(AddItem(item.slug, 0))
     return plain(user_id, await store.change_user_segments(user_id, adds, data.remove))
@@ -79,7 +92,7 @@ class UserController(Controller):
         description="Every membership ends (history reason `user_deleted`). Idempotent.",
     )
     async def forget(self, user_id: PathUserId, store: NamedDependency[Store]) -> None:
-        await store.delete_user(user_id)
+        await store.delete_user(user_id_of(user_id))
 
     @get(
         "/{user_id:str}/segments",
@@ -90,8 +103,9 @@ class UserController(Controller):
     async def segments(
         self, user_id: PathUserId, store: NamedDependency[Store], expand: bool = False
     ) -> UserSegments | UserSegmentsExpanded:
-        memberships = await store.user_segments(user_id)
-        return expanded(user_id, memberships) if expand else plain(user_id, memberships)
+        uid = user_id_of(user_id)
+        memberships = await store.user_segments(uid)
+        return expanded(uid, memberships) if expand else plain(uid, memberships)
 
     @post(
         "/{user_id:str}/segments",
@@ -105,7 +119,7 @@ class UserController(Controller):
     async def change(
         self, user_id: PathUserId, data: ChangeRequest, store: NamedDependency[Store]
     ) -> UserSegments:
-        return await apply_change(store, user_id, data)
+        return await apply_change(store, user_id_of(user_id), data)
 
     @post(
         "/lookup",

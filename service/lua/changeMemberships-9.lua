@@ -9,7 +9,8 @@
   apply, adds apply. An add of a segment the user has changes no membership
   and writes no event, but sets the deadline the add names (none: no
   deadline). Removing a member of a percent segment leaves the marker "x",
-  so later rollouts keep the user out.
+  so later rollouts keep the user out. A deadline from a ttl is counted
+  from this script's time, on the Redis server's clock.
 
   KEYS[1] {sNN}:u:<uid>    the user's memberships
   KEYS[2] {sNN}:users      known users
@@ -21,13 +22,16 @@
   KEYS[8] {sNN}:due        "<uid>:<id>" scored by deadline
   KEYS[9] {sNN}:events     history stream
   ARGV[1] user id
-  ARGV[2] now, ms since epoch
+  ARGV[2] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
   ARGV[3] n, the number of adds
-  ARGV[4 .. 3+2n] pairs: slug, deadline (ms since epoch, 0 for none)
-  ARGV[4+2n ..]   slugs to remove
+  ARGV[4 .. 3+3n] triples: slug, deadline (ms since epoch, 0 for none),
+          ttl (ms, 0 for none; the deadline is then now + ttl); not both
+  ARGV[4+3n ..]   slugs to remove
 
   Returns {0, slug, deadline, ...} (the user's live memberships after the
-  change, deadline 0 for none) or {3, unknown slug, ...}.
+  change, deadline 0 for none), {3, unknown slug, ...}, or {4, slug} when
+  the deadline given for that slug is not after now (nothing is changed).
   Errors: BADARG when an argument is malformed (nothing is changed).
 ]]
 local userKey, usersKey, segIdKey, segSlugKey, segPctKey, segDyingKey, countsKey, dueKey, stream =
@@ -36,24 +40,30 @@ local rcall = redis.call
 --- @include "common"
 
 local uid = requireUserId(ARGV[1])
-local now = requireNumber(ARGV[2], 'now')
+local now = scriptTime(ARGV[2])
 local nAdd = requireNumber(ARGV[3], 'number of adds')
-if #ARGV < 3 + 2 * nAdd then
-  badArg('expected ' .. nAdd .. ' slug/deadline pairs')
+if #ARGV < 3 + 3 * nAdd then
+  badArg('expected ' .. nAdd .. ' slug/deadline/ttl triples')
 end
 
 local slugs, deadlines = {}, {}
+local tooEarly = nil
 for i = 1, nAdd do
-  slugs[i] = ARGV[2 + 2 * i]
-  local deadline = requireNumber(ARGV[3 + 2 * i], 'deadline')
-  if deadline ~= 0 and deadline <= now then
-    badArg('deadline ' .. ARGV[3 + 2 * i] .. ' is not after now')
+  slugs[i] = ARGV[1 + 3 * i]
+  local deadline = requireNumber(ARGV[2 + 3 * i], 'deadline')
+  local ttl = requireNumber(ARGV[3 + 3 * i], 'ttl')
+  if ttl > 0 then
+    if deadline ~= 0 then badArg('a deadline and a ttl for ' .. slugs[i]) end
+    deadline = now + ttl
+  elseif deadline ~= 0 and deadline <= now and not tooEarly then
+    tooEarly = slugs[i]
   end
   deadlines[i] = deadline
 end
-for i = 4 + 2 * nAdd, #ARGV do
+for i = 4 + 3 * nAdd, #ARGV do
   slugs[#slugs + 1] = ARGV[i]
 end
+if tooEarly then return {4, tooEarly} end
 
 local ids = {}
 if #slugs > 0 then

@@ -10,7 +10,8 @@
   ARGV[1] slug
   ARGV[2] description
   ARGV[3] percent x 100 (1 .. 10000), 0 for none
-  ARGV[4] now, ms since epoch
+  ARGV[4] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns {0, JSON} or {1} when the slug exists.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -21,7 +22,7 @@ local rcall = redis.call
 
 local slug, description = ARGV[1], ARGV[2]
 local pct = requireNumber(ARGV[3], 'percent')
-local now = requireNumber(ARGV[4], 'now')
+local now = scriptTime(ARGV[4])
 if pct > 10000 then badArg('percent x 100 must be at most 10000') end
 if rcall('HEXISTS', segmentsKey, slug) == 1 then return {1} end
 

@@ -7,7 +7,8 @@
   KEYS[2] {g}:deleting  id -> JSON {slug, ts}
   KEYS[3] {g}:events    segment lifecycle stream
   ARGV[1] slug
-  ARGV[2] now, ms since epoch
+  ARGV[2] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns {0, id} or {2} when there is no such segment.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -17,7 +18,7 @@ local rcall = redis.call
 --- @include "common"
 
 local slug = ARGV[1]
-local now = requireNumber(ARGV[2], 'now')
+local now = scriptTime(ARGV[2])
 local raw = rcall('HGET', segmentsKey, slug)
 if not raw then return {2} end
 

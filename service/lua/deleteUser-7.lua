@@ -11,7 +11,8 @@
   KEYS[6] {sNN}:due        "<uid>:<id>" scored by deadline
   KEYS[7] {sNN}:events     history stream
   ARGV[1] user id
-  ARGV[2] now, ms since epoch
+  ARGV[2] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns the number of memberships removed by the deletion itself.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -22,7 +23,7 @@ local rcall = redis.call
 --- @include "common"
 
 local uid = requireUserId(ARGV[1])
-local now = requireNumber(ARGV[2], 'now')
+local now = scriptTime(ARGV[2])
 
 settleUser(userKey, segSlugKey, nil, segDyingKey, countsKey, dueKey, stream, uid, now)
 local removed = 0

@@ -10,7 +10,8 @@
   KEYS[5] {sNN}:events     history stream
   KEYS[6] {sNN}:seg:pct    percent segments, id -> percent x 100
   ARGV[1] user key prefix, "{sNN}:u:"
-  ARGV[2] now, ms since epoch
+  ARGV[2] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
   ARGV[3] limit, entries per call
 
   Returns the number of due entries handled (LIMIT means: call again).
@@ -22,7 +23,7 @@ local rcall = redis.call
 --- @include "common"
 
 local prefix = ARGV[1]
-local now = requireNumber(ARGV[2], 'now')
+local now = scriptTime(ARGV[2])
 local limit = requirePositive(ARGV[3], 'limit')
 
 local due = rcall('ZRANGEBYSCORE', dueKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
@@ -43,7 +44,7 @@ for i = 1, #due, 2 do
       local dying = rcall('HGET', segDyingKey, id)
       if dying then
         rcall('HDEL', userKey, id)
-        dyingRemoval(stream, uid, dying, deadline, now)
+        dyingRemoval(stream, uid, dying, deadline)
       end
     end
   end

@@ -11,7 +11,8 @@
   KEYS[5] {sNN}:cnt       members per segment id
   KEYS[6] {sNN}:events    history stream
   ARGV[1] user id (decimal)
-  ARGV[2] now, ms since epoch
+  ARGV[2] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns a flat array slug, deadline (ms, 0 for none), ... in no order;
   memberships past their deadline are left out.
@@ -23,7 +24,7 @@ local rcall = redis.call
 --- @include "common"
 
 local uid = requireUserId(ARGV[1])
-local now = requireNumber(ARGV[2], 'now')
+local now = scriptTime(ARGV[2])
 
 if rcall('EXISTS', userKey) == 0 then
   registerUser(usersKey, userKey, segSlugKey, segPctKey, countsKey, stream, uid, now)

@@ -1,8 +1,9 @@
 --[[
   One bounded step of a deletion in one shard: walks the shard's known users
   with SSCAN from CURSOR and removes the dying segment from each, writing a
-  `segment_deleted` event (or `ttl` at the deadline, if that came first; see
-  dyingRemoval). When the walk is complete the segment is dead.
+  `segment_deleted` event stamped with the moment the segment left the
+  shard (or `ttl` at the deadline, if that came first; see dyingRemoval).
+  When the walk is complete the segment is dead.
 
   KEYS[1] {sNN}:users      known users
   KEYS[2] {sNN}:seg:dying  id -> "<ms>:<slug>"
@@ -14,9 +15,6 @@
   ARGV[2] segment id
   ARGV[3] SSCAN cursor ("0" to start)
   ARGV[4] SSCAN count (bounds the work of one call)
-  ARGV[5] now, ms since epoch, read after the segment was retired in this
-          shard; the same for every call of one shard's purge, so a deletion
-          has one stamp per shard
 
   Returns the next cursor; "0" when the shard is done.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -30,7 +28,6 @@ local prefix, id = ARGV[1], ARGV[2]
 requireNumber(id, 'segment id')
 requireNumber(ARGV[3], 'cursor')
 local count = requirePositive(ARGV[4], 'count')
-local now = requireNumber(ARGV[5], 'now')
 local dying = rcall('HGET', segDyingKey, id)
 if not dying then return '0' end
 
@@ -40,7 +37,7 @@ for i = 1, #users do
   local uid = users[i]
   local userKey = prefix .. uid
   local state = rcall('HGET', userKey, id)
-  if state then purgeMember(userKey, dueKey, stream, uid, id, state, dying, now) end
+  if state then purgeMember(userKey, dueKey, stream, uid, id, state, dying) end
 end
 if scan[1] == '0' then
   rcall('HDEL', segDyingKey, id)

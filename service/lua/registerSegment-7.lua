@@ -17,7 +17,8 @@
   ARGV[2] slug
   ARGV[3] percent x 100, 0 for none
   ARGV[4] catalogue revision
-  ARGV[5] now, ms since epoch
+  ARGV[5] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns 1 when registered, 0 when the id is deleted, the revision old or
   the slug already names a newer segment.
@@ -33,7 +34,7 @@ local slug = ARGV[2]
 local pct = requireNumber(ARGV[3], 'percent')
 local rev = requireNumber(ARGV[4], 'revision')
 requireNumber(id, 'segment id')
-local now = requireNumber(ARGV[5], 'now')
+local now = scriptTime(ARGV[5])
 if rcall('HEXISTS', segDyingKey, id) == 1 or rcall('SISMEMBER', segDeadKey, id) == 1 then
   return 0
 end

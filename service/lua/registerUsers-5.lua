@@ -8,7 +8,8 @@
   KEYS[4] {sNN}:cnt       members per segment id
   KEYS[5] {sNN}:events    history stream
   ARGV[1] user key prefix, "{sNN}:u:"
-  ARGV[2] now, ms since epoch
+  ARGV[2] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
   ARGV[3 ..] user ids
 
   Returns the number of users that were not known before.
@@ -19,7 +20,7 @@ local rcall = redis.call
 --- @include "common"
 
 local prefix = ARGV[1]
-local now = requireNumber(ARGV[2], 'now')
+local now = scriptTime(ARGV[2])
 for i = 3, #ARGV do requireUserId(ARGV[i]) end
 
 local created = 0

@@ -13,7 +13,8 @@
   KEYS[6] {sNN}:seg:rev    id -> catalogue revision registered
   ARGV[1] segment id
   ARGV[2] slug
-  ARGV[3] now, ms since epoch
+  ARGV[3] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns 1.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -25,6 +26,6 @@ local rcall = redis.call
 
 local id, slug = ARGV[1], ARGV[2]
 requireNumber(id, 'segment id')
-local now = requireNumber(ARGV[3], 'now')
+local now = scriptTime(ARGV[3])
 retire(segIdKey, segSlugKey, segPctKey, segHiKey, segDyingKey, segRevKey, id, slug, now)
 return 1

@@ -17,7 +17,8 @@
   ARGV[2] segment id
   ARGV[3] SSCAN cursor ("0" to start)
   ARGV[4] SSCAN count (bounds the work of one call)
-  ARGV[5] now, ms since epoch
+  ARGV[5] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns {next cursor ("0" when the shard is done), added, removed}.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -31,7 +32,7 @@ local prefix, id = ARGV[1], ARGV[2]
 requireNumber(id, 'segment id')
 requireNumber(ARGV[3], 'cursor')
 local count = requirePositive(ARGV[4], 'count')
-local now = requireNumber(ARGV[5], 'now')
+local now = scriptTime(ARGV[5])
 local slug = rcall('HGET', segSlugKey, id)
 if not slug then return {'0', 0, 0} end
 local pct = tonumber(rcall('HGET', segPctKey, id) or '0')

@@ -11,7 +11,8 @@
   ARGV[3] description
   ARGV[4] "1" to set the percent, else "0"
   ARGV[5] percent x 100 (1 .. 10000), 0 for none
-  ARGV[6] now, ms since epoch
+  ARGV[6] now: empty, the script reads the Redis server's clock (TIME); a time in
+          ms since epoch is taken only by the test build (see scriptTime)
 
   Returns {0, JSON} or {2} when there is no such segment.
   Errors: BADARG when an argument is malformed (nothing is changed).
@@ -22,7 +23,7 @@ local rcall = redis.call
 
 local slug = ARGV[1]
 local pct = requireNumber(ARGV[5], 'percent')
-local now = requireNumber(ARGV[6], 'now')
+local now = scriptTime(ARGV[6])
 if pct > 10000 then badArg('percent x 100 must be at most 10000') end
 local raw = rcall('HGET', segmentsKey, slug)
 if not raw then return {2} end
