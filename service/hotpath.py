@@ -23,10 +23,11 @@ from typing import Any
 
 import msgspec
 
+from segments_core.rules import parse_user_id
 from service.api.users import apply_change
 from service.auth import refusal
 from service.errors import ErrorAnswer, answer_for
-from service.models import MAX_USER_ID, ChangeRequest, UserSegments
+from service.models import ChangeRequest, UserSegments
 from service.settings import Settings
 from service.store import Store
 
@@ -46,11 +47,7 @@ def _user_id(scope: dict[str, Any]) -> int | None:
     path: str = scope["path"]
     if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
         return None
-    text = path[len(_PREFIX) : -len(_SUFFIX)]
-    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit() and text[0] != "0"):
-        return None
-    user_id = int(text)
-    return user_id if user_id <= MAX_USER_ID else None
+    return parse_user_id(path[len(_PREFIX) : -len(_SUFFIX)])
 
 
 def _authorization(scope: dict[str, Any]) -> str:
