@@ -38,6 +38,10 @@ class GlobalKeys:
     """The deployment's number of logical shards, set once at initialisation."""
     trimmed: str = f"{GLOBAL_TAG}:trimmed"
     """Sorted set: history stream -> ms of its highest trim point (segments_core.retention)."""
+    restore: str = f"{GLOBAL_TAG}:restore"
+    """Hash: a restore from history is in progress (segments_restore); gone when it is done."""
+    restore_lock: str = f"{GLOBAL_TAG}:restore:lock"
+    """String with an expiry: the token of the one restore running now."""
 
 
 GLOBAL = GlobalKeys()
