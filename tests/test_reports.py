@@ -1,9 +1,8 @@
 """History reports: periods, signed links, the wait for the archiver, the CSV.
 
-HTTP tests run the history routes in a minimal Litestar app wired the way
-``service.app`` wires them (settings, redis and pg by dependency injection),
-so they test this module alone; ``test_reports_e2e.py`` goes through the
-whole service.
+HTTP tests go through the real application (``service.app.create_app``) with
+tokens configured: asking for a link takes a read token, and the link itself
+is then downloaded with no credentials at all (its signature is enough).
 """
 
 from __future__ import annotations
@@ -20,22 +19,17 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import psutil
 import pytest
-from litestar import Litestar, Request, Response
-from litestar.datastructures import State
-from litestar.di import Provide
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from service.api.history import ROUTES
-from service.errors import DomainError
+from service.app import create_app
 from service.reports import (
     BadReportRequest,
     LinkRejected,
@@ -44,8 +38,7 @@ from service.reports import (
     sign,
     verify,
 )
-from service.settings import Settings
-from service.store import Store
+from service.settings import Settings, Tokens
 from tests.support.history import (
     Event,
     add_events,
@@ -134,49 +127,8 @@ def test_absent_filters_are_part_of_the_signature() -> None:
 # -- over HTTP --------------------------------------------------------------------------------
 
 
-def make_app(settings: Settings) -> Litestar:
-    """The history routes with the dependencies ``service.app`` provides."""
-    assert settings.redis_url and settings.database_url
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-        app.state.pg = AsyncConnectionPool(
-            settings.database_url or "", min_size=1, max_size=4, open=False, timeout=2
-        )
-        await app.state.pg.open()
-        try:
-            yield
-        finally:
-            await app.state.pg.close()
-            await app.state.redis.aclose()
-
-    def provide_settings() -> Settings:
-        return settings
-
-    def provide_redis(state: State) -> Any:
-        return state.redis
-
-    def provide_pg(state: State) -> Any:
-        return state.pg
-
-    def provide_store(state: State) -> Store:
-        return Store(state.redis)
-
-    def domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
-        return Response({"detail": exc.detail}, status_code=exc.status_code)
-
-    return Litestar(
-        route_handlers=ROUTES,
-        lifespan=[lifespan],
-        dependencies={
-            "settings": Provide(provide_settings, sync_to_thread=False),
-            "redis": Provide(provide_redis, sync_to_thread=False),
-            "pg": Provide(provide_pg, sync_to_thread=False),
-            "store": Provide(provide_store, sync_to_thread=False),
-        },
-        exception_handlers={DomainError: domain_error},
-    )
+READ = {"authorization": "Bearer reader"}
+"""Asking for a report link is a read (the tokens of ``settings_for``)."""
 
 
 def settings_for(redis_url: str, database_url: str, **kw: Any) -> Settings:
@@ -185,7 +137,9 @@ def settings_for(redis_url: str, database_url: str, **kw: Any) -> Settings:
             "redis_url": redis_url,
             "database_url": database_url,
             "signing_key": KEY,
+            "tokens": Tokens.parse("reader:read,writer:write"),
             "report_wait_s": 5.0,
+            "sweep_interval_s": 3600.0,  # these tests add history events by hand
             **kw,
         }
     )
@@ -200,16 +154,16 @@ async def archiving(redis_url: str, database_url: str) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def client_for(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(app=make_app(settings)) as client:
+    async with AsyncTestClient(app=create_app(settings)) as client:
         yield client
 
 
 async def fetch_csv(
     client: AsyncTestClient[Litestar], **params: Any
 ) -> tuple[str, list[list[str]]]:
-    link = await client.get("/api/v1/history/report", params=params)
+    link = await client.get("/api/v1/history/report", params=params, headers=READ)
     assert link.status_code == 200, link.text
-    response = await client.get(link.json()["url"])
+    response = await client.get(link.json()["url"])  # no token: the signature is enough
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/csv")
     body = response.content.decode()
@@ -269,7 +223,9 @@ async def test_report_csv_rows_order_and_format(
         archiving(clean_redis_url, db),
         client_for(settings_for(clean_redis_url, db)) as client,
     ):
-        link = await client.get("/api/v1/history/report", params={"period": "2024-02"})
+        link = await client.get(
+            "/api/v1/history/report", params={"period": "2024-02"}, headers=READ
+        )
         assert link.status_code == 200
         body = link.json()
         assert body["url"].startswith("http://testserver.local/api/v1/history/report.csv?")
@@ -333,7 +289,9 @@ async def test_links_use_public_url_and_work_without_other_credentials(
 ) -> None:
     settings = settings_for(clean_redis_url, db, public_url="https://segments.example/base")
     async with client_for(settings) as client:
-        link = await client.get("/api/v1/history/report", params={"period": "2024-02"})
+        link = await client.get(
+            "/api/v1/history/report", params={"period": "2024-02"}, headers=READ
+        )
         url = link.json()["url"]
         assert url.startswith("https://segments.example/base/api/v1/history/report.csv?")
         # The same link, served by this app: only path and query matter.
@@ -343,10 +301,27 @@ async def test_links_use_public_url_and_work_without_other_credentials(
         assert ok.status_code == 200
 
 
+async def test_asking_for_a_link_takes_a_read_token_the_download_none(
+    clean_redis_url: str, db: str
+) -> None:
+    path = "/api/v1/history/report"
+    async with client_for(settings_for(clean_redis_url, db)) as client:
+        assert (await client.get(path, params={"period": "2024-02"})).status_code == 401
+        unknown = {"authorization": "Bearer nope"}
+        assert (
+            await client.get(path, params={"period": "2024-02"}, headers=unknown)
+        ).status_code == 403
+        writer = {"authorization": "Bearer writer"}
+        link = await client.get(path, params={"period": "2024-02"}, headers=writer)
+        assert link.status_code == 200  # a write token may read
+        download = await client.get(link.json()["url"], headers=unknown)
+        assert download.status_code == 200  # the link's own signature decides, not a token
+
+
 async def test_tampered_or_expired_links_are_403(clean_redis_url: str, db: str) -> None:
     async with client_for(settings_for(clean_redis_url, db)) as client:
         link = await client.get(
-            "/api/v1/history/report", params={"period": "2024-02", "user_id": 5}
+            "/api/v1/history/report", params={"period": "2024-02", "user_id": 5}, headers=READ
         )
         params = dict(parse_qsl(urlsplit(link.json()["url"]).query))
         path = "/api/v1/history/report.csv"
@@ -386,7 +361,7 @@ async def test_bad_report_requests_are_400(
     params: dict[str, str], clean_redis_url: str, db: str
 ) -> None:
     async with client_for(settings_for(clean_redis_url, db)) as client:
-        response = await client.get("/api/v1/history/report", params=params)
+        response = await client.get("/api/v1/history/report", params=params, headers=READ)
     assert response.status_code == 400, response.text
 
 
@@ -397,7 +372,9 @@ async def test_503_with_retry_after_when_the_archiver_is_behind(
     settings = settings_for(clean_redis_url, db, report_wait_s=0.3)
     async with client_for(settings) as client:
         started = time.monotonic()
-        response = await client.get("/api/v1/history/report", params={"period": "2024-02"})
+        response = await client.get(
+            "/api/v1/history/report", params={"period": "2024-02"}, headers=READ
+        )
         assert time.monotonic() - started >= 0.3
     assert response.status_code == 503
     assert 1 <= int(response.headers["retry-after"]) <= 30
@@ -423,7 +400,9 @@ async def test_download_with_postgres_down_is_503_not_a_truncated_200(
 ) -> None:
     db = prepare_database(private_pg.url)
     async with client_for(settings_for(clean_redis_url, db)) as client:
-        link = await client.get("/api/v1/history/report", params={"period": "2024-02"})
+        link = await client.get(
+            "/api/v1/history/report", params={"period": "2024-02"}, headers=READ
+        )
         url = link.json()["url"]
         assert (await client.get(url)).status_code == 200
         await asyncio.to_thread(private_pg.stop)
@@ -447,11 +426,9 @@ def _free_port() -> int:
 
 
 SERVER = """
-import sys, uvicorn
-sys.path.insert(0, {tests!r})
-from test_reports import make_app
-from service.settings import load
-uvicorn.run(make_app(load()), host="127.0.0.1", port={port}, log_level="warning")
+import uvicorn
+from service.app import create_app
+uvicorn.run(create_app(), host="127.0.0.1", port={port}, log_level="warning")
 """
 
 
@@ -463,8 +440,9 @@ def report_server(redis_url: str, database_url: str) -> Iterator[tuple[str, psut
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "SEGMENTS_SIGNING_KEY": KEY.decode(),
+        "SEGMENTS_TOKENS": "reader:read",
     }
-    code = SERVER.format(tests=str(Path(__file__).parent), port=port)
+    code = SERVER.format(port=port)
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -490,7 +468,9 @@ def test_a_million_row_report_streams_with_flat_memory(
     rows = 1_000_000
     fill_history(fresh_pg_url, rows, "2019-06")
     with report_server(clean_redis_url, fresh_pg_url) as (base, server):
-        link = httpx.get(f"{base}/api/v1/history/report", params={"period": "2019-06"})
+        link = httpx.get(
+            f"{base}/api/v1/history/report", params={"period": "2019-06"}, headers=READ
+        )
         url = link.json()["url"]
         # Warm up (imports, first connection), then measure from there.
         with httpx.stream("GET", url.replace("2019-06", "2019-05")) as r:
