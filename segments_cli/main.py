@@ -1,8 +1,9 @@
-"""The ``segments`` command: serve, archiver, migrate, dev, bench.
+"""The ``segments`` command: serve, archiver, migrate, dev, bench, restore, verify.
 
 The one place that knows every package: it sits above the API (``service``),
-the archiver (``archiver``), the dev servers (``segments_dev``) and the bench
-(``bench``), and imports each only when its command runs.
+the archiver (``archiver``), the dev servers (``segments_dev``), the bench
+(``bench``) and the restore tools (``segments_restore``), and imports each
+only when its command runs.
 
 Configuration comes from the environment (``service/settings.py``); a bad
 value prints a message naming the variable and exits with code 2.
@@ -136,6 +137,15 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return _exit_code(_load("bench.cli", "main")(list(argv)))
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    argv = ["--replace"] if args.replace else []
+    return _exit_code(_load("segments_restore.restore", "main")(argv))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    return _exit_code(_load("segments_restore.verify", "main")(["--limit", str(args.limit)]))
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -184,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("bench", help="load benchmark (see: segments bench --help)", add_help=False)
+    restore = sub.add_parser(
+        "restore",
+        help="rebuild Redis from the history in PostgreSQL and the streams (stop the API first)",
+    )
+    restore.add_argument(
+        "--replace", action="store_true", help="replace what Redis holds (else refused)"
+    )
+    restore.set_defaults(func=cmd_restore)
+    verify = sub.add_parser(
+        "verify", help="compare Redis with the history; exit code 1 when they differ"
+    )
+    verify.add_argument("--limit", type=int, default=1000, help="differences printed")
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 
