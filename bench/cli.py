@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--percent-users", type=int, default=d.percent_users, help="known users for `percent`"
     )
-    data.add_argument("--zipf-exponent", type=float, default=d.zipf_exponent)
+    data.add_argument(
+        "--zipf-exponent", type=float, default=d.zipf_exponent, help="skew of lookup-zipf"
+    )
     data.add_argument("--seed", type=int, default=d.seed, help="random seed")
     data.add_argument("--skip-seed", action="store_true", help="use the data there (--url only)")
 
@@ -112,6 +114,8 @@ def options(args: argparse.Namespace) -> Options:
         given["url"] = args.url.rstrip("/")
         if args.shards is not None:
             raise ValueError("--shards sets up the bench's own deployment (no --url)")
+        if not args.skip_seed and args.redis_url is None:
+            raise ValueError("seeding writes through the service's store: give --redis-url")
     for name, low in (
         ("users", 1),
         ("connections", 1),

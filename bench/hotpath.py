@@ -16,12 +16,10 @@ import time
 from typing import Any
 
 from bench.results import HotPathResult
+from bench.stores import service_store
 from segments_core.keys import Keyspace
-from segments_core.redis_client import connect
 from service.hotpath import HotPath
-from service.resp import RespConnection
 from service.settings import Settings
-from service.store import Store
 
 CALLS = 20_000
 
@@ -35,22 +33,17 @@ async def _send(_: Any) -> None:
 
 
 async def measure(url: str, keyspace: Keyspace, users: int, calls: int = CALLS) -> HotPathResult:
-    redis = await connect(url)
-    fast = RespConnection(url)
-    hot = HotPath(Store(redis, scripts_via=fast, keyspace=keyspace), Settings(redis_url=url))
     rng = random.Random(7)
     paths = [f"/api/v1/users/{rng.randint(1, users)}/segments" for _ in range(calls)]
     samples: list[int] = []
-    gc.collect()
-    try:
+    async with service_store(url, keyspace) as store:
+        hot = HotPath(store, Settings(redis_url=url))
+        gc.collect()
         for path in paths:
             scope = {"type": "http", "method": "GET", "path": path, "query_string": b""}
             t0 = time.perf_counter_ns()
             await hot.handle({**scope, "headers": []}, _receive, _send)
             samples.append(time.perf_counter_ns() - t0)
-    finally:
-        await fast.aclose()
-        await redis.aclose()
     q = statistics.quantiles(samples, n=1000)
     us = [v / 1e3 for v in (q[499], q[989], q[998], max(samples))]
     return HotPathResult(calls=calls, p50_us=us[0], p99_us=us[1], p999_us=us[2], max_us=us[3])

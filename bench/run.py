@@ -74,9 +74,18 @@ async def seed_and_drain(ctx: Context, report: Report, env: dict[str, str] | Non
             readings.append(await asyncio.to_thread(stores.memory, url, ctx.keyspace))
 
     empty = stores.memory(url, ctx.keyspace)[0] if url else 0
-    ctx.log(f"seeding {opts.users:,} users x {opts.memberships} memberships over HTTP")
+    assert url, "options: seeding needs the Redis of the deployment"
+    ctx.log(f"seeding {opts.users:,} users x {opts.memberships} memberships")
     report.seed = await seed.seed(
-        ctx.http, opts.users, opts.memberships, opts.segments, opts.seed, ctx.log, baseline
+        ctx.http,
+        url,
+        ctx.keyspace,
+        opts.users,
+        opts.memberships,
+        opts.segments,
+        opts.seed,
+        ctx.log,
+        baseline,
     )
     if env is not None and ctx.redis is not None and opts.database_url:
         ctx.log("starting the archiver on the seeding's backlog")

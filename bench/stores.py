@@ -9,6 +9,7 @@ wipe anything that holds data without that mark, unless told ``--force``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -16,6 +17,9 @@ import redis
 from psycopg import sql
 
 from segments_core.keys import Keyspace
+from segments_core.redis_client import connect
+from service.resp import RespConnection
+from service.store import Store
 
 REDIS_MARK = "segments-bench:owned"
 """Present in a Redis db the bench may flush (set right after flushing it)."""
@@ -70,6 +74,19 @@ def state_bytes(url: str, keyspace: Keyspace) -> int:
     the archiver has them)."""
     used, streams = memory(url, keyspace)
     return used - streams
+
+
+@contextlib.asynccontextmanager
+async def service_store(url: str, keyspace: Keyspace) -> AsyncIterator[Store]:
+    """The service's own store on the deployment's Redis, scripts through the
+    pipelined connection as the API runs them (a single Redis)."""
+    redis = await connect(url)
+    fast = RespConnection(url)
+    try:
+        yield Store(redis, scripts_via=fast, keyspace=keyspace)
+    finally:
+        await fast.aclose()
+        await redis.aclose()
 
 
 def _with_db(url: str, dbname: str) -> str:

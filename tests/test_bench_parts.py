@@ -32,10 +32,10 @@ def test_memberships_of_a_user() -> None:
     assert slugs[0] == "BENCH_00" and slugs[-1] == "BENCH_19"
     items = seed.memberships_of(7, slugs, 5, seed=1)
     assert items == seed.memberships_of(7, slugs, 5, seed=1)
-    names = [i if isinstance(i, str) else i["slug"] for i in items]  # type: ignore[index]
-    assert len(set(names)) == 5 and set(names) <= set(slugs)
+    assert len({i.slug for i in items}) == 5 and {i.slug for i in items} <= set(slugs)
+    assert all(i.deadline_ms == 0 and i.ttl_ms in (0, seed.SEED_TTL_MS) for i in items)
     with_ttl = sum(
-        isinstance(i, dict) for u in range(1, 1001) for i in seed.memberships_of(u, slugs, 5, 1)
+        i.ttl_ms > 0 for u in range(1, 1001) for i in seed.memberships_of(u, slugs, 5, 1)
     )
     assert with_ttl == 1000  # one add in DEADLINE_EVERY = 5
 
@@ -88,6 +88,7 @@ def test_options_with_url_wipe_nothing_by_default() -> None:
         ["--scenarios", "nope"],
         ["--shards", "0"],
         ["--url", "http://127.0.0.1:8000", "--shards", "64"],
+        ["--url", "http://127.0.0.1:8000"],  # seeding needs --redis-url
         ["--profile", "csv"],
     ],
 )
