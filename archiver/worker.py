@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import psycopg
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from archiver import config as config_module
 from archiver import faults, metrics
@@ -41,9 +41,10 @@ from archiver.events import EntryError, Row, lifecycle_row, membership_row, now_
 from archiver.writer import HistoryWriter, Kind, WriteResult, open_pool
 from segments_core import config as core_config
 from segments_core import retention
-from segments_core.keys import GLOBAL, dead_letter_key, load_keyspace
+from segments_core.keys import GLOBAL, Keyspace, dead_letter_key, load_keyspace
 from segments_core.redis_client import connect
 from segments_core.streams import AnyRedis, trim_floor
+from segments_core.unavailable import REDIS_CLIENT_ERRORS
 
 log = logging.getLogger("segments.archiver")
 
@@ -130,9 +131,19 @@ class StreamWorker:
                         # Let a trickle gather into a bigger batch (LINGER_MS).
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stop.wait(), self._cfg.linger_ms / 1000)
-                except (RedisError, OSError) as exc:
+                except Stopped:
+                    raise
+                except REDIS_CLIENT_ERRORS as exc:
                     metrics.FAILURES.labels("redis").inc()
                     log.warning("%s: redis error: %s; retrying", self.stream, exc)
+                    await self._backoff.sleep()
+                except Exception:
+                    # Not a failure of Redis or PostgreSQL: a bug, or a client
+                    # library caught in a state it did not expect. The archiver
+                    # is the only way out for history, so it logs it loudly and
+                    # goes on; whatever was not acknowledged is read again.
+                    metrics.FAILURES.labels("unexpected").inc()
+                    log.exception("%s: unexpected error; retrying", self.stream)
                     await self._backoff.sleep()
         except Stopped:
             pass  # what was not acknowledged stays pending, for the next start
@@ -331,14 +342,21 @@ class StreamWorker:
             await retention.trim(self._redis, self.stream, point)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()`` retried on Redis errors until it succeeds; ``Stopped`` if stopped first."""
+        """``call()`` retried on any error until it succeeds; ``Stopped`` if stopped first."""
         backoff = Backoff(self._cfg.retry_min_s, self._cfg.retry_max_s, self._stop)
         while True:
             try:
                 return await call()
-            except (RedisError, OSError) as exc:
-                metrics.FAILURES.labels("redis").inc()
-                log.warning("%s: %s failed: %s; retrying", self.stream, what, exc)
+            except Stopped:
+                raise
+            except Exception as exc:
+                # Redis unavailable, or anything else (see run): never fatal.
+                if isinstance(exc, REDIS_CLIENT_ERRORS):
+                    metrics.FAILURES.labels("redis").inc()
+                    log.warning("%s: %s failed: %s; retrying", self.stream, what, exc)
+                else:
+                    metrics.FAILURES.labels("unexpected").inc()
+                    log.exception("%s: %s failed unexpectedly; retrying", self.stream, what)
                 if self._stop.is_set():
                     raise Stopped from None
                 await backoff.sleep()
@@ -392,11 +410,15 @@ async def run(
     redis = await _connect_with_retry(redis_url, config, stop)
     if redis is None:
         return
+    if streams is None:
+        keyspace = await _keyspace_with_retry(redis, config, stop)
+        if keyspace is None:
+            await redis.aclose()
+            return
+        streams = keyspace.history_streams()
     pool = open_pool(database_url, config.pg_connections)
     await pool.open(wait=False)
     writer = HistoryWriter(pool)
-    if streams is None:
-        streams = (await load_keyspace(redis, core_config.shards())).history_streams()
     workers = [StreamWorker(s, redis, writer, config, stop) for s in streams]
     log.info(
         "archiver %r started: %d streams, group %r, batch %d",
@@ -426,8 +448,22 @@ async def _connect_with_retry(
     while not stop.is_set():
         try:
             return await connect_redis(url, config.block_ms)
-        except (RedisError, OSError) as exc:
+        except REDIS_CLIENT_ERRORS as exc:
             log.warning("connecting to Redis failed: %s; retrying", exc)
+            await backoff.sleep()
+    return None
+
+
+async def _keyspace_with_retry(
+    redis: AnyRedis, config: ArchiverConfig, stop: asyncio.Event
+) -> Keyspace | None:
+    """The deployment's shards; Redis failing is waited out (a wrong count is not)."""
+    backoff = Backoff(config.retry_min_s, config.retry_max_s, stop)
+    while not stop.is_set():
+        try:
+            return await load_keyspace(redis, core_config.shards())
+        except REDIS_CLIENT_ERRORS as exc:
+            log.warning("reading the shard count from Redis failed: %s; retrying", exc)
             await backoff.sleep()
     return None
 

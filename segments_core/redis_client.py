@@ -66,14 +66,14 @@ class ClusterClient(RedisCluster):
         slot no node serves): the next command loads it again.
         """
         self._initialize = True
-        nodes = {
-            **self.nodes_manager.startup_nodes,
-            **self.nodes_manager.nodes_cache,
-        }
-        for node in nodes.values():
+        # Both maps: a startup node can be another object than the node of
+        # the same name in the cache, with connections of its own.
+        manager = self.nodes_manager
+        nodes = [*manager.startup_nodes.values(), *manager.nodes_cache.values()]
+        for node in nodes:
             node.update_active_connections_for_reconnect()
         await asyncio.gather(
-            *(node.disconnect_free_connections() for node in nodes.values()),
+            *(node.disconnect_free_connections() for node in nodes),
             return_exceptions=True,
         )
 

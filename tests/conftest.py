@@ -9,6 +9,12 @@ installed on the machine. To run against existing servers instead:
   index and flush it.
 - ``TEST_DATABASE_URL=postgresql://root@127.0.0.1:5432/test``: a server the
   tests may create (and drop) ``segments_test_*`` databases in.
+- ``TEST_REDIS_CLUSTER=1``: the session's Redis is a real Redis Cluster of 3
+  masters with a replica each, started for the session (``tests/support/
+  cluster.py``). A ``TEST_REDIS_URL`` naming a node of a cluster runs the
+  suite on that cluster. Either way every helper is cluster-aware: cleaning
+  flushes every master, clients are cluster clients (``tests.support.cluster.
+  client`` / ``async_client``).
 
 ``private_pg`` / ``private_redis`` are always private embedded servers, even
 with those variables set: tests stop and start them, and must never stop the
@@ -26,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from segments_dev.embedded import (
     EmbeddedPostgres,
@@ -71,19 +76,39 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
+    if os.environ.get("TEST_REDIS_CLUSTER") == "1":
+        from tests.support.cluster import RedisClusterServers
+
+        with RedisClusterServers() as cluster:
+            yield cluster.url
+        return
     with _embedded_redis() as server:
         yield server.url
 
 
 @pytest.fixture
 def clean_redis_url(redis_url: str) -> str:
-    """``redis_url``, with the database emptied (FLUSHDB) before the test."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
+    """``redis_url``, with the database emptied before the test (FLUSHDB; on a
+    cluster FLUSHALL on every master)."""
+    from tests.support.cluster import flush
+
+    flush(redis_url)
     return redis_url
+
+
+@pytest.fixture
+def single_redis_url(redis_url: str) -> Iterator[str]:
+    """A single Redis (not a cluster), emptied: ``clean_redis_url`` unless the suite
+    runs on a cluster, then a private server for this test. For what only ever
+    talks to one Redis (the hot path's own connection)."""
+    from tests.support.cluster import flush, is_cluster
+
+    if not is_cluster(redis_url):
+        flush(redis_url)
+        yield redis_url
+        return
+    with _embedded_redis() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -224,8 +249,8 @@ def _history_db(pg_url: str) -> str:
 @pytest.fixture(name="redis")
 async def _bytes_redis(clean_redis_url: str) -> AsyncIterator[Any]:
     """A bytes-speaking asyncio client on the clean test database, as the archiver reads."""
-    from redis.asyncio import Redis
+    from tests.support.cluster import async_client
 
-    client = Redis.from_url(clean_redis_url)
+    client = async_client(clean_redis_url)
     yield client
     await client.aclose()

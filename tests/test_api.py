@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as redis_sync
 
 from tests.support import SHARD_KEYS
+from tests.support.cluster import client as redis_client
+from tests.support.cluster import every_master
 
 MAX_ID = 2**63 - 1
 
 
 def events(redis_url: str) -> list[dict[str, str]]:
-    r = redis_sync.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url, decode_responses=True)
     out: list[dict[str, str]] = []
     for k in SHARD_KEYS:
         out += [fields for _, fields in r.xrange(k.events)]
@@ -30,8 +31,8 @@ def events(redis_url: str) -> list[dict[str, str]]:
 
 def snapshot(redis_url: str) -> dict[str, Any]:
     """Every key and its value: to prove a refused request changed nothing."""
-    r = redis_sync.Redis.from_url(redis_url)
-    state = {key: r.dump(key) for key in sorted(r.keys("*"))}
+    r = redis_client(redis_url)
+    state = {key: r.dump(key) for key in sorted(r.keys("*", **every_master(r)))}
     r.close()
     return state
 
@@ -458,7 +459,7 @@ def test_a_user_in_thousands_of_segments(client: Any, clean_redis_url: str) -> N
 
     slugs = [f"S{i:05d}" for i in range(9_000)]
     k = for_user(1)
-    r = redis_sync.Redis.from_url(clean_redis_url)
+    r = redis_client(clean_redis_url)
     pipe = r.pipeline(transaction=False)
     for n, slug in enumerate(slugs, start=1):
         pipe.hset(k.seg_id, slug, n)

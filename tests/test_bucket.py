@@ -21,6 +21,7 @@ import redis
 
 from service.bucket import STEPS, bucket, bucket_steps, in_cohort
 from service.scripts import LUA_DIR
+from tests.support.cluster import client as cluster_client
 
 # (slug, user id, first 8 hex digits of the SHA-1, bucket). Published in
 # docs/percent.md: keep the two tables identical. Changing any of these
@@ -104,7 +105,7 @@ return out
 
 @pytest.fixture
 def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = cluster_client(redis_url)
     try:
         yield client
     finally:

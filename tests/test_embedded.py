@@ -25,6 +25,8 @@ from segments_dev.embedded import (
     free_port,
     with_database,
 )
+from tests.support.cluster import client as cluster_client
+from tests.support.cluster import every_master
 
 
 @pytest.fixture
@@ -60,19 +62,23 @@ def _redis_up(url: str) -> bool:
 
 
 def test_redis_fixture_is_reachable_and_clean(clean_redis_url: str) -> None:
-    client = redis.Redis.from_url(clean_redis_url)
+    client = cluster_client(clean_redis_url)
     try:
-        assert client.dbsize() == 0
+        assert client.dbsize(**every_master(client)) == 0
         client.set("segments-test", "1")
         assert client.get("segments-test") == b"1"
     finally:
         client.close()
 
 
-def test_clean_redis_url_flushes(clean_redis_url: str) -> None:
-    client = redis.Redis.from_url(clean_redis_url)
+def test_clean_redis_url_flushes(redis_url: str, request: pytest.FixtureRequest) -> None:
+    client = cluster_client(redis_url)
     try:
-        assert client.dbsize() == 0
+        client.set("left-by-an-earlier-test", "1")
+        assert client.dbsize(**every_master(client)) > 0
+        # The fixture runs now, after the write: it must empty the database.
+        assert request.getfixturevalue("clean_redis_url") == redis_url
+        assert client.dbsize(**every_master(client)) == 0
     finally:
         client.close()
 
@@ -145,9 +151,10 @@ def test_postgres_keeps_data_between_runs(data_dir: Path) -> None:
         url = create_database(server.url, "kept")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t VALUES (1), (2), (3)")
     with EmbeddedPostgres(data_dir, durable=False) as server:
         with psycopg.connect(server.database_url("kept")) as conn:
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+            assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,), (3,)]
         drop_database(server.url, "kept")
 
 

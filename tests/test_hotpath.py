@@ -14,6 +14,7 @@ from litestar.testing import TestClient
 from service.app import create_app
 from service.resp import RespConnection
 from service.settings import Settings, Tokens
+from tests.support.cluster import client as cluster_client
 
 
 @pytest.fixture
@@ -60,11 +61,11 @@ def test_large_and_malformed_change_bodies_reach_the_framework(client: Any) -> N
     assert r.json()["extra"] == {"unknown": ["NOPE"]}
 
 
-def test_resp_connection_under_uvloop(clean_redis_url: str) -> None:
+def test_resp_connection_under_uvloop(single_redis_url: str) -> None:
     """uvloop is what `segments serve` runs on; its transports differ from asyncio's."""
 
     async def main() -> list[Any]:
-        conn = RespConnection(clean_redis_url)
+        conn = RespConnection(single_redis_url)
         try:
             await conn.execute("SET", "k", "v")
             replies = await asyncio.gather(*(conn.execute("INCR", "n") for _ in range(100)))
@@ -75,15 +76,15 @@ def test_resp_connection_under_uvloop(clean_redis_url: str) -> None:
     assert uvloop.run(main()) == ["v", 100]
 
 
-async def test_resp_connection_reports_errors_and_reconnects(clean_redis_url: str) -> None:
+async def test_resp_connection_reports_errors_and_reconnects(single_redis_url: str) -> None:
     from redis.exceptions import ResponseError
 
-    conn = RespConnection(clean_redis_url)
+    conn = RespConnection(single_redis_url)
     try:
         with pytest.raises(ResponseError):
             await conn.execute("NOSUCHCOMMAND")
         own_id = await conn.execute("CLIENT", "ID")
-        killer = redis.Redis.from_url(clean_redis_url)
+        killer = redis.Redis.from_url(single_redis_url)
         killer.client_kill_filter(_id=own_id)  # only our own connection
         killer.close()
         await asyncio.sleep(0.05)
@@ -96,7 +97,7 @@ async def test_resp_connection_reports_errors_and_reconnects(clean_redis_url: st
 def test_batch_lookup_survives_a_script_flush(client: Any, clean_redis_url: str) -> None:
     client.post("/api/v1/segments", json={"slug": "A"})
     client.post("/api/v1/users/3/segments", json={"add": ["A"]})
-    redis.Redis.from_url(clean_redis_url).script_flush()
+    cluster_client(clean_redis_url).script_flush()  # on every master of a cluster
     r = client.post("/api/v1/users/lookup", json={"user_ids": [3, 4]})
     assert r.json() == {
         "users": [{"user_id": 3, "segments": ["A"]}, {"user_id": 4, "segments": []}]

@@ -21,6 +21,7 @@ import redis
 from segments_core.keys import GLOBAL
 from service.bucket import bucket_steps, in_cohort
 from tests.support import SHARD_KEYS
+from tests.support.cluster import client as cluster_client
 
 API = "/api/v1"
 
@@ -46,7 +47,7 @@ def between(slug: str, lo: float, hi: float, users: Iterable[int]) -> set[int]:
 
 @pytest.fixture
 def rdb(clean_redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(clean_redis_url, decode_responses=True)
+    client = cluster_client(clean_redis_url, decode_responses=True)
     try:
         yield client
     finally:

@@ -119,6 +119,17 @@ def async_client(url: str, **options: Any) -> Any:
     return AsyncRedis.from_url(url, **options)
 
 
+def every_master(client: Any) -> dict[str, Any]:
+    """Arguments that send a node command (DBSIZE, KEYS) to every master of a
+    cluster client, whose default is one node; nothing for a single Redis.
+    ``c.dbsize(**every_master(c))`` counts the keys of the whole cluster."""
+    from redis.asyncio import RedisCluster as AsyncRedisCluster
+
+    if isinstance(client, (RedisCluster, AsyncRedisCluster)):
+        return {"target_nodes": RedisCluster.PRIMARIES}
+    return {}
+
+
 def flush(url: str) -> None:
     """Empty what the tests own at ``url``: FLUSHALL on every master of a cluster
     (FLUSHDB on one node would empty a third of it), FLUSHDB on a single Redis."""
