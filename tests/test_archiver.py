@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections import Counter
+from typing import Any
 
 import psycopg
+import pytest
 from redis.asyncio import Redis
 
+from archiver import worker
 from segments_core.keys import GLOBAL, dead_letter_key
 from segments_core.streams import GROUP, archiver_lag, format_id, group_state, trim_floor
 from service.reports import wait_until_archived
@@ -188,7 +192,18 @@ async def test_entries_of_a_dead_consumer_are_claimed(
     assert archived(db) == {k: 1 for k in keys}
 
 
-async def test_two_archivers_share_the_streams(redis: Redis, clean_redis_url: str, db: str) -> None:
+async def test_two_archivers_share_the_streams(
+    redis: Redis, clean_redis_url: str, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: Counter[str] = Counter()  # rows committed, by the archiver that committed them
+    write = worker.StreamWorker._write
+
+    async def counted(self: worker.StreamWorker, rows: list[Any]) -> Any:
+        result = await write(self, rows)
+        written[self._cfg.consumer] += len(result.written)
+        return result
+
+    monkeypatch.setattr(worker.StreamWorker, "_write", counted)
     keys: list[tuple[str, int, int]] = []
     async with (
         running_archiver(clean_redis_url, db, fast_config("one", batch_size=50)),
@@ -199,6 +214,9 @@ async def test_two_archivers_share_the_streams(redis: Redis, clean_redis_url: st
             await asyncio.sleep(0.02)
         await caught_up(redis)
     assert archived(db) == {k: 1 for k in keys}
+    # Both archived a share, and together everything (a row twice only if claimed).
+    assert written["one"] > 0 and written["two"] > 0, written
+    assert written["one"] + written["two"] >= len(keys)
     consumers = {
         c["name"]
         for s in history_streams()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -762,16 +764,68 @@ async def test_repair_finishes_a_ramp_that_died_before_its_rollout(
 # --- overlapping ramps -----------------------------------------------------------
 
 
-async def test_overlapping_ramps_converge_on_the_last_percent(store: Any) -> None:
-    """Two processes ramping the same segment at once: the state ends as the
-    catalogue's final percent says (each rollout step reads it afresh)."""
+RAMPERS = 3
+ROUNDS = 6
+
+
+def _ramper(url: str, slug: str, percents: list[int], barrier: Any, failures: Any) -> None:
+    """One process of its own ramping ``slug``: one percent per round, all the
+    rampers' calls of a round started together (``barrier``)."""
+    from segments_core.redis_client import connect
+    from service.store import Store
+
+    async def main() -> None:
+        redis = await connect(url)
+        try:
+            store = Store(redis)
+            for percent in percents:
+                barrier.wait()  # the round starts
+                await store.update_segment(slug, percent_x100=percent)
+                barrier.wait()  # the round is over
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:
+        failures.put(repr(exc))
+        barrier.abort()
+
+
+async def test_overlapping_ramps_converge_on_the_last_percent(
+    store: Any, clean_redis_url: str
+) -> None:
+    """Processes ramping the same segment at once (three of them, each its own
+    OS process, connection and event loop): the state ends as the catalogue's
+    final percent says (each rollout step reads it afresh)."""
     await store.register_users(USERS)
     await store.create_segment("RACE", "", 2000)
     rng = random.Random(3)
-    for _ in range(6):
-        percents = rng.sample([0, 500, 1000, 3000, 5000, 9000, 10_000], 3)
-        await asyncio.gather(*(store.update_segment("RACE", percent_x100=p) for p in percents))
-        final = await store.get_segment("RACE")
-        expected = {u for u in USERS if in_cohort("RACE", u, final.percent_x100)}
-        assert await _cohort_members(store, "RACE", USERS) == expected
-        assert final.members == len(expected)
+    rounds = [rng.sample([0, 500, 1000, 3000, 5000, 9000, 10_000], RAMPERS) for _ in range(ROUNDS)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, failures = ctx.Barrier(RAMPERS + 1, timeout=120), ctx.Queue()
+    rampers = [
+        ctx.Process(
+            target=_ramper,
+            args=(clean_redis_url, "RACE", [r[i] for r in rounds], barrier, failures),
+        )
+        for i in range(RAMPERS)
+    ]
+    for process in rampers:
+        process.start()
+    try:
+        for _ in rounds:
+            await asyncio.to_thread(barrier.wait)  # start the round
+            await asyncio.to_thread(barrier.wait)  # every ramper is done
+            final = await store.get_segment("RACE")
+            expected = {u for u in USERS if in_cohort("RACE", u, final.percent_x100)}
+            assert await _cohort_members(store, "RACE", USERS) == expected
+            assert final.members == len(expected)
+    except threading.BrokenBarrierError:
+        pytest.fail(f"a ramper failed: {failures.get(timeout=5) if not failures.empty() else '?'}")
+    finally:
+        for process in rampers:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+    assert [p.exitcode for p in rampers] == [0] * RAMPERS
