@@ -25,6 +25,8 @@ from segments_dev.embedded import (
     free_port,
     with_database,
 )
+from tests.support.cluster import client as cluster_client
+from tests.support.cluster import every_master
 
 
 @pytest.fixture
@@ -60,9 +62,9 @@ def _redis_up(url: str) -> bool:
 
 
 def test_redis_fixture_is_reachable_and_clean(clean_redis_url: str) -> None:
-    client = redis.Redis.from_url(clean_redis_url)
+    client = cluster_client(clean_redis_url)
     try:
-        assert client.dbsize() == 0
+        assert client.dbsize(**every_master(client)) == 0
         client.set("segments-test", "1")
         assert client.get("segments-test") == b"1"
     finally:
@@ -70,13 +72,13 @@ def test_redis_fixture_is_reachable_and_clean(clean_redis_url: str) -> None:
 
 
 def test_clean_redis_url_flushes(redis_url: str, request: pytest.FixtureRequest) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = cluster_client(redis_url)
     try:
         client.set("left-by-an-earlier-test", "1")
-        assert client.dbsize() > 0
+        assert client.dbsize(**every_master(client)) > 0
         # The fixture runs now, after the write: it must empty the database.
         assert request.getfixturevalue("clean_redis_url") == redis_url
-        assert client.dbsize() == 0
+        assert client.dbsize(**every_master(client)) == 0
     finally:
         client.close()
 
