@@ -13,6 +13,7 @@ COPY archiver ./archiver
 COPY segments_cli ./segments_cli
 COPY segments_dev ./segments_dev
 COPY bench ./bench
+COPY segments_restore ./segments_restore
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
