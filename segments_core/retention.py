@@ -7,12 +7,13 @@ reconnects with a cursor.
 
 Before a trim the archiver records its point in ``{g}:trimmed`` (a sorted
 set: stream -> ms of the trim point, only ever raised), so a cursor can be
-checked exactly on any Redis: every entry ever trimmed from a stream has an
-id below that point. Redis 7 reports the same thing by itself
-(``max-deleted-entry-id`` of XINFO STREAM), which also covers entries
-deleted by anyone else; Redis 6.2 does not, so there the mark is the rule
-and only the archiver may trim (XDEL of a dead letter is the one other
-deletion, and its entry broke the stream contract anyway).
+checked on any Redis: every entry ever trimmed from a stream has an id below
+that point. Redis 7 adds what XINFO STREAM knows: ``entries-added`` (when it
+equals the length, nothing was ever removed, whatever the cursor) and
+``max-deleted-entry-id`` (the highest id removed by XDEL: the archiver's
+dead letters; XTRIM does not move it). A trim by anyone but the archiver is
+seen on Redis 7 only when nothing else explains the removals; on 6.2 not at
+all: only the archiver may trim the history streams.
 """
 
 from __future__ import annotations
@@ -56,23 +57,27 @@ class StreamBounds(msgspec.Struct, frozen=True, kw_only=True):
     first: EntryId | None
     """The oldest entry still in the stream; None when it is empty or absent."""
     max_deleted: EntryId | None
-    """Highest id ever deleted (Redis >= 7); None where Redis does not tell."""
+    """Highest id removed by XDEL (Redis >= 7); None where Redis does not tell."""
+    removed: int | None
+    """Entries ever removed, trimmed or deleted (Redis >= 7); None where unknown."""
     trimmed_ms: int | None
     """The archiver's trim mark: every trimmed entry's ms is at most this."""
 
     def resumable_from(self, position: EntryId) -> bool:
-        """Every entry after ``position`` is still in the stream (none was trimmed).
+        """Every entry after ``position`` is still in the stream (none was removed).
 
         A position beyond the last generated id is not one of this stream's
         (another deployment, or data lost by Redis): not resumable.
         """
         if position > self.last_generated:
             return False
-        if self.first is not None and position >= self.first:
+        if (self.first is not None and position >= self.first) or self.removed == 0:
             return True
-        if self.max_deleted is not None:
-            return position >= self.max_deleted
-        return self.trimmed_ms is None or position[0] > self.trimmed_ms
+        known = self.trimmed_ms is not None or self.max_deleted not in (None, ZERO)
+        if self.removed and not known:
+            return False  # removed by someone else: no telling what
+        after_trims = self.trimmed_ms is None or position[0] > self.trimmed_ms
+        return after_trims and (self.max_deleted is None or position >= self.max_deleted)
 
 
 def _text(value: bytes | str) -> str:
@@ -105,18 +110,21 @@ async def stream_bounds(redis: AnyRedis, streams: list[str]) -> list[StreamBound
                     last_generated=ZERO,
                     first=None,
                     max_deleted=None,
+                    removed=None,
                     trimmed_ms=marks.get(stream),
                 )
             )
             continue
         first = info.get("first-entry")
         deleted = info.get("max-deleted-entry-id")
+        added = info.get("entries-added")
         out.append(
             StreamBounds(
                 stream=stream,
                 last_generated=parse_id(info["last-generated-id"]),
                 first=parse_id(first[0]) if first else None,
                 max_deleted=parse_id(deleted) if deleted is not None else None,
+                removed=int(added) - int(info["length"]) if added is not None else None,
                 trimmed_ms=marks.get(stream),
             )
         )

@@ -68,7 +68,10 @@ BACKFILL_COUNT = 1_000
 MAX_BUFFERED = 10_000
 """Events waiting for one subscriber before it is disconnected as too slow:
 some seconds of the bench's change load. The events are shared by every
-subscriber: a buffer costs a reference per event, the frames a few MB."""
+subscriber: a buffer costs a reference per event, the frames a few MB.
+Never below two rounds of reads (``2 * READ_COUNT`` per stream): the reads of
+all streams can land before a subscriber's task runs once, and that alone
+must not count as falling behind."""
 HEARTBEAT_S = 15.0
 """Comment line sent after this long without an event (SPEC §4), so proxies
 and clients see a live connection."""
@@ -296,7 +299,9 @@ class FeedHub:
         self.streams = keyspace.history_streams()
         self._index = {name: i for i, name in enumerate(self.streams)}
         self.cluster = cluster
-        self.buffer_limit = MAX_BUFFERED if buffer_limit is None else buffer_limit
+        self.read_count = READ_COUNT
+        limit = MAX_BUFFERED if buffer_limit is None else buffer_limit
+        self.buffer_limit = max(limit, 2 * self.read_count * len(self.streams))
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.read_block_ms = read_block_ms
         self.positions: list[EntryId] = [ZERO] * len(self.streams)
@@ -377,7 +382,7 @@ class FeedHub:
             while True:
                 reply = await self.redis.xread(
                     {self.streams[i]: format_id(self.positions[i]) for i in indexes},
-                    count=READ_COUNT,
+                    count=self.read_count,
                     block=self.read_block_ms,
                 )
                 self.ready = True

@@ -16,8 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from redis.asyncio import Redis as AsyncRedis
 
 from segments_core import retention
 from segments_core.keys import GLOBAL, Keyspace
@@ -27,7 +25,7 @@ from service import cursor, feed
 from service.app import create_app
 from service.feed import EventFilter, FeedEvent, Subscription, parse_entry
 from service.settings import Settings, Tokens
-from tests.support import KEYSPACE, for_user
+from tests.support import KEYSPACE, cluster, for_user
 from tests.support.live import (
     WAIT_S,
     Event,
@@ -77,6 +75,7 @@ def _bounds(**kw: Any) -> StreamBounds:
         "last_generated": (100, 0),
         "first": (50, 0),
         "max_deleted": None,
+        "removed": None,
         "trimmed_ms": None,
     }
     return StreamBounds(**{**base, **kw})
@@ -91,9 +90,12 @@ def test_resume_rule() -> None:
     assert _bounds().resumable_from((10, 0))  # never trimmed
     assert not _bounds(trimmed_ms=40).resumable_from((40, 5))
     assert _bounds(trimmed_ms=40).resumable_from((41, 0))
-    # Redis 7 says exactly what was deleted; it decides over the mark.
-    assert _bounds(max_deleted=(30, 2), trimmed_ms=40).resumable_from((30, 2))
-    assert not _bounds(max_deleted=(30, 2)).resumable_from((30, 1))
+    # Redis 7 tells whether anything was ever removed, and the highest XDEL.
+    assert _bounds(removed=0, trimmed_ms=40).resumable_from((1, 0))
+    assert not _bounds(removed=3, max_deleted=(0, 0)).resumable_from((10, 0))  # unknown trim
+    assert _bounds(removed=3, max_deleted=(0, 0), trimmed_ms=9).resumable_from((10, 0))
+    assert not _bounds(removed=1, max_deleted=(30, 2), trimmed_ms=9).resumable_from((30, 1))
+    assert _bounds(removed=1, max_deleted=(30, 2)).resumable_from((30, 2))
     # An empty stream: resumable from its end, or if nothing was trimmed.
     empty = _bounds(first=None, trimmed_ms=99)
     assert empty.resumable_from((100, 0)) and not empty.resumable_from((99, 0))
@@ -330,7 +332,7 @@ def test_resume_from_before_the_first_entry_when_nothing_was_trimmed(
     with FeedReader(live.url, last_event_id=start) as resumed:
         assert [e.kind for e in resumed.wait_events(4)] == ["segment", "change", "change", "change"]
     stream = for_user(1).events
-    with redis.Redis.from_url(clean_redis_url, decode_responses=True) as plain:
+    with cluster.client(clean_redis_url, decode_responses=True) as plain:
         last = parse_id(plain.xrange(stream)[-1][0])
     asyncio.run(_trim(clean_redis_url, stream, (last[0] + 1, 0)))
     with FeedReader(live.url, last_event_id=start) as too_old:
@@ -339,7 +341,7 @@ def test_resume_from_before_the_first_entry_when_nothing_was_trimmed(
 
 async def _trim(url: str, stream: str, point: tuple[int, int]) -> None:
     """What the archiver does (mark, then trim), but exact: every entry below goes."""
-    client = AsyncRedis.from_url(url)
+    client = cluster.async_client(url)
     try:
         await retention.trim(client, stream, point)
         await client.xtrim(stream, minid=f"{point[0]}-{point[1]}", approximate=False)
@@ -389,7 +391,7 @@ def test_heartbeat_carries_the_cursor_past_filtered_events(
             add(http, other, "A")  # filtered out
             wait_until(lambda: reader.comments.count("heartbeat") >= 2, what="heartbeats")
             positions = cursor.decode(reader.cursor, KEYSPACE.shards)
-        with redis.Redis.from_url(clean_redis_url, decode_responses=True) as plain:
+        with cluster.client(clean_redis_url, decode_responses=True) as plain:
             last = plain.xinfo_stream(for_user(other).events)["last-generated-id"]
         assert positions[1 + KEYSPACE.shard_of(other)] >= parse_id(last)
         assert reader.events == []
@@ -401,6 +403,7 @@ def test_a_slow_subscriber_is_disconnected(
     """A client that stops reading is dropped by the hub once its buffer is full;
     when it reads again, the response ends (it would resume with its cursor)."""
     monkeypatch.setattr(feed, "MAX_BUFFERED", 50)
+    monkeypatch.setattr(feed, "READ_COUNT", 10)  # so the buffer's floor is 2 * 10 * 17
     app = create_app(Settings(redis_url=clean_redis_url))
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         hub = app.state.feed
@@ -504,7 +507,8 @@ def test_two_workers(clean_redis_url: str) -> None:
 
 def test_shard_count_is_the_deployments(clean_redis_url: str) -> None:
     """Cursors follow the deployment's shards (stored in Redis), not a constant."""
-    redis.Redis.from_url(clean_redis_url).set(GLOBAL.shards, 4)
+    with cluster.client(clean_redis_url) as plain:
+        plain.set(GLOBAL.shards, 4)
     app = create_app(Settings(redis_url=clean_redis_url))
     with LiveServer(app) as server:
         assert app.state.feed.streams == Keyspace(4).history_streams()
