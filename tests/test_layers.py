@@ -3,6 +3,7 @@ hold, and they cover every top-level package of the repository."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
@@ -37,3 +38,24 @@ def test_import_contracts_are_kept() -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " 0 broken" in result.stdout
+
+
+def test_the_client_library_imports_nothing_of_the_service() -> None:
+    """segments_client (client/) is its own distribution: it must install and
+    run without any package of this repository."""
+    ours = set(_pyproject()["tool"]["importlinter"]["root_packages"])
+    found: dict[str, set[str]] = {}
+    sources = list((ROOT / "client" / "src").rglob("*.py"))
+    assert sources, "no client sources found"
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            tops = {name.split(".")[0] for name in names} & ours
+            if tops:
+                found.setdefault(str(path.relative_to(ROOT)), set()).update(tops)
+    assert found == {}
