@@ -165,7 +165,7 @@ def main(argv: list[str]) -> int:
         print(f"segments bench: {exc}", file=sys.stderr)
         return 2
     except (services.ServiceError, wrk.WrkError, httpx.HTTPError, OSError, RuntimeError) as exc:
-        print(f"segments bench: failed: {exc}", file=sys.stderr)
+        print(f"segments bench: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("segments bench: interrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Coroutine
 from pathlib import Path
 
+import httpx
 import psutil
 import redis.asyncio as aioredis
 
@@ -123,7 +124,7 @@ async def optional(
     """Run one measurement; its failure is noted in the report, the run goes on."""
     try:
         await step
-    except (OSError, RuntimeError, ValueError, TimeoutError) as exc:
+    except (OSError, RuntimeError, ValueError, TimeoutError, httpx.HTTPError) as exc:
         message = f"{name} failed: {type(exc).__name__}: {exc}"
         ctx.log(message)
         report.notes.append(message)
@@ -131,12 +132,15 @@ async def optional(
 
 async def measurements(ctx: Context, report: Report) -> None:
     opts = ctx.opts
-    if "percent" in opts.scenarios:
+    percents = tuple(
+        p for p, name in ((10, "percent"), (100, "percent-100")) if name in opts.scenarios
+    )
+    if percents:
 
         async def percent_step() -> None:
             known = max(opts.percent_users, opts.users)
             report.percent = await percent.measure(
-                ctx.http, opts.redis_url, ctx.keyspace, known, opts.users, ctx.log
+                ctx.http, opts.redis_url, ctx.keyspace, known, opts.users, percents, ctx.log
             )
 
         await optional(ctx, report, "percent", percent_step())

@@ -42,7 +42,7 @@ def test_memberships_of_a_user() -> None:
 
 def test_scenario_names() -> None:
     assert scenarios.parse("lookup, change,lookup,ceiling") == ["lookup", "change"]
-    assert scenarios.parse("all") == scenarios.DEFAULT
+    assert scenarios.parse("all") == [*scenarios.DEFAULT, "percent-100"]
     with pytest.raises(ValueError, match="unknown scenario 'lokup'"):
         scenarios.parse("lokup")
 

@@ -39,7 +39,7 @@ def test_a_small_run_measures_everything(
             *("--redis-url", clean_redis_url, "--database-url", fresh_pg_url),
             *("--port", str(_free_port()), "--workers", "1", "--shards", "4"),
             *("--users", str(USERS), "--percent-users", str(PERCENT_USERS)),
-            *("--scenarios", "lookup,change,percent,hotpath,csv"),
+            *("--scenarios", "lookup,change,percent,percent-100,hotpath,csv"),
             *("--duration", "1", "--warmup", "0", "--connections", "4"),
             *("--out", str(tmp_path), "--no-chart"),
         ]
