@@ -59,6 +59,11 @@ def clients_of_db(client: redis.Redis, db: int) -> set[str]:
     return {str(c["addr"]) for c in client.client_list() if str(c.get("db")) == str(db)}
 
 
+def _text(value: object) -> str:
+    """redis-py gives the slow log's fields as bytes, even with ``decode_responses``."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def script_calls(
     entries: list[dict[str, object]], clients: set[str] | None, names: dict[str, str]
 ) -> list[tuple[float, str]]:
@@ -66,9 +71,9 @@ def script_calls(
     ``names``: sha -> script name."""
     calls = []
     for e in entries:
-        if clients is not None and str(e.get("client_address", "")) not in clients:
+        if clients is not None and _text(e.get("client_address", "")) not in clients:
             continue
-        words = str(e.get("command", "")).split()
+        words = _text(e.get("command", "")).split()
         if words and words[0].upper() in SCRIPT_COMMANDS:
             name = names.get(words[1], words[1][:12]) if len(words) > 1 else words[0]
             calls.append((float(str(e.get("duration", 0))) / 1000.0, name))

@@ -110,14 +110,32 @@ def test_store_names() -> None:
 
 
 def test_script_calls_of_our_clients_named() -> None:
+    # as redis-py gives them: bytes, even with decode_responses
     entries: list[dict[str, object]] = [
-        {"duration": 90_000, "command": "EVALSHA aaa 1 k", "client_address": "127.0.0.1:9"},
-        {"duration": 70_000, "command": "KEYS *", "client_address": "127.0.0.1:1"},
-        {"duration": 12_500, "command": "EVALSHA bbb 6 k", "client_address": "127.0.0.1:1"},
-        {"duration": 3_000, "command": "evalsha ccc 6 k", "client_address": "127.0.0.1:2"},
+        {"duration": 90_000, "command": b"EVALSHA aaa 1 k", "client_address": b"127.0.0.1:9"},
+        {"duration": 70_000, "command": b"KEYS *", "client_address": b"127.0.0.1:1"},
+        {"duration": 12_500, "command": b"EVALSHA bbb 6 k", "client_address": b"127.0.0.1:1"},
+        {"duration": 3_000, "command": b"evalsha ccc 6 k", "client_address": b"127.0.0.1:2"},
     ]
     names = {"bbb": "rolloutSegment"}
     ours = script_calls(entries, {"127.0.0.1:1", "127.0.0.1:2"}, names)
     assert ours == [(pytest.approx(12.5), "rolloutSegment"), (pytest.approx(3.0), "ccc")]
     assert max(script_calls(entries, None, names))[0] == pytest.approx(90.0)
     assert script_calls([], None, names) == []
+
+
+def test_slow_log_finds_a_slow_script_of_our_db(clean_redis_url: str) -> None:
+    """Against a real Redis, as redis-py returns the entries (a busy script of 3 ms)."""
+    import redis
+
+    from bench.percent import clients_of_db, slow_log
+
+    busy = "local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; local n = s\n"
+    busy += "while n - s < 3000 do t = redis.call('TIME'); n = t[1] * 1e6 + t[2] end\nreturn 1"
+    with slow_log(clean_redis_url) as client, redis.Redis.from_url(clean_redis_url) as ours:
+        sha = ours.script_load(busy)
+        client.slowlog_reset()
+        ours.evalsha(sha, 0)
+        db = stores.redis_db(clean_redis_url)
+        calls = script_calls(client.slowlog_get(1000), clients_of_db(client, db), {sha: "busy"})
+    assert [name for _, name in calls] == ["busy"] and calls[0][0] >= 3.0
