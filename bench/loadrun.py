@@ -152,6 +152,8 @@ async def load_runs(ctx: Context, report: Report) -> None:
     if not names:
         return
     wrk_bin = wrk.find_wrk()
+    if any(LOAD[n].zipf for n in names):
+        zipf_table(ctx)  # before the runs: drawing it takes seconds between two of them
     if ctx.opts.warmup > 0:
         ctx.log(f"warm-up: {WARMUP_SCRIPT} for {ctx.opts.warmup:g} s")
         cmd = wrk_command(ctx, wrk_bin, WARMUP_SCRIPT, ctx.opts.warmup)
