@@ -38,7 +38,7 @@ from archiver import config as config_module
 from archiver import faults, metrics
 from archiver.config import ArchiverConfig
 from archiver.events import EntryError, Row, lifecycle_row, membership_row, now_ms
-from archiver.writer import HistoryWriter, Kind, WriteResult, open_pool
+from archiver.writer import HistoryWriter, Kind, WriteResult, check_database, open_pool
 from segments_core import config as core_config
 from segments_core import retention
 from segments_core.keys import GLOBAL, Keyspace, dead_letter_key, load_keyspace
@@ -134,6 +134,9 @@ class StreamWorker:
                 except Stopped:
                     raise
                 except REDIS_CLIENT_ERRORS as exc:
+                    if _group_lost(exc):
+                        await self._rejoin()
+                        continue
                     metrics.FAILURES.labels("redis").inc()
                     log.warning("%s: redis error: %s; retrying", self.stream, exc)
                     await self._backoff.sleep()
@@ -147,6 +150,16 @@ class StreamWorker:
                     await self._backoff.sleep()
         except Stopped:
             pass  # what was not acknowledged stays pending, for the next start
+
+    async def _rejoin(self) -> None:
+        """The group is gone (Redis lost its data: a restart without
+        persistence, a FLUSHALL): create it again, from the stream's start."""
+        log.warning(
+            "%s: consumer group %r is gone (did Redis lose its data?); creating it again",
+            self.stream,
+            self._cfg.group,
+        )
+        await self._retrying("join group", self._join_group)
 
     async def _step(self) -> int:
         """One read and its batch; returns how many new entries were read."""
@@ -351,6 +364,9 @@ class StreamWorker:
                 raise
             except Exception as exc:
                 # Redis unavailable, or anything else (see run): never fatal.
+                if _group_lost(exc) and call != self._join_group:
+                    await self._rejoin()
+                    continue
                 if isinstance(exc, REDIS_CLIENT_ERRORS):
                     metrics.FAILURES.labels("redis").inc()
                     log.warning("%s: %s failed: %s; retrying", self.stream, what, exc)
@@ -360,6 +376,10 @@ class StreamWorker:
                 if self._stop.is_set():
                     raise Stopped from None
                 await backoff.sleep()
+
+
+def _group_lost(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
 async def keep_partitions(
@@ -489,6 +509,10 @@ def main() -> int:
             "REDIS_URL and DATABASE_URL must be set for the archiver"
             " (`segments dev` starts embedded servers and sets them)"
         )
+    # A DATABASE_URL that cannot work (unknown database, role or port, no
+    # schema) stops the archiver now, before it takes entries it could not
+    # archive. An outage after this point is waited out (see _write).
+    check_database(database_url)
     if config.metrics_port:
         from prometheus_client import start_http_server
 

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from archiver import faults
 from archiver.events import MEMBERSHIP_COLUMNS, Row
+from segments_core.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,22 @@ def open_pool(database_url: str, size: int, timeout_s: float = 5.0) -> AsyncConn
         open=False,
         name="archiver",
     )
+
+
+def check_database(database_url: str, timeout_s: int = 5) -> None:
+    """The database can be used: reachable with these credentials, and
+    migrated. Else ``ConfigError`` naming DATABASE_URL (with PostgreSQL's own
+    words, which never hold the password)."""
+    try:
+        with psycopg.connect(database_url, connect_timeout=timeout_s) as conn:
+            conn.execute("SELECT 1 FROM history, archive_progress LIMIT 0")
+    except errors.UndefinedTable:
+        raise ConfigError(
+            "DATABASE_URL: the database has no history tables; run `segments migrate`"
+        ) from None
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"DATABASE_URL: cannot use the database: {reason}") from None
 
 
 def months_of(rows: Iterable[Row]) -> set[dt.date]:

@@ -23,6 +23,7 @@ from service import settings as settings_module
 from service.settings import ConfigError
 
 APP_FACTORY = "service.app:create_app"
+HTTP_PROTOCOL = "service.slow_clients:BoundedHttpProtocol"
 
 
 def epilog() -> str:
@@ -102,7 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop" if _module_exists("uvloop") else "asyncio",
-        http="httptools" if _module_exists("httptools") else "h11",
+        # httptools, with bounded header size and read times (SPEC §6:
+        # service/slow_clients.py); uvicorn[standard] brings httptools.
+        http=HTTP_PROTOCOL if _module_exists("httptools") else "h11",
         lifespan="on",
         # Off by default: report links carry their signature in the query string.
         access_log=args.access_log,

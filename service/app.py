@@ -34,6 +34,7 @@ from service.api.users import UserController
 from service.auth import require_token
 from service.errors import ANSWERED, answer_for
 from service.feed import FeedHub, end_streams_on_exit, open_hub
+from service.http_methods import exact_allow, head_as_get
 from service.resp import RespConnection
 from service.settings import Settings, load
 from service.store import Store
@@ -55,6 +56,8 @@ class SegmentsApp(Litestar):
     """Litestar, with the lookup hot path answered before routing (service.hotpath)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope, send = head_as_get(scope, send)  # a GET without its body
         fast = getattr(self.state, "hot_path", None)
         if fast is not None and scope["type"] == "http":
             receive = await fast.handle(scope, receive, send)
@@ -161,6 +164,7 @@ def create_app(
         # No tokens configured: no guard at all (it costs a handler copy per request).
         guards=[require_token] if settings.auth_enabled else [],
         before_request=strict_body,
+        before_send=[exact_allow],
         dependencies={
             "store": Provide(provide_store, sync_to_thread=False),
             "redis": Provide(provide_redis, sync_to_thread=False),
@@ -168,7 +172,10 @@ def create_app(
             "pg": Provide(provide_pg, sync_to_thread=False),
             "feed": Provide(provide_feed, sync_to_thread=False),
         },
-        exception_handlers=dict.fromkeys(ANSWERED, _error),
+        # 500: every other exception, and Litestar's own 500s, logged with
+        # their traceback by answer_for (through the "segments.api" logger,
+        # where the request id is added) and answered in JSON.
+        exception_handlers={**dict.fromkeys(ANSWERED, _error), 500: _error},
         lifespan=[lifespan],
         state=State({"settings": settings, "pg": None}),
         request_max_body_size=MAX_BODY_BYTES,

@@ -48,13 +48,14 @@ async def require_token(connection: ASGIConnection, handler: BaseRouteHandler) -
     """Guard: reads need a read (or write) token, everything else a write token.
 
     Operations endpoints, the API schema and signed report links (which carry
-    their own signature) are marked ``opt={"public": True}`` and pass.
+    their own signature) are marked ``opt={"public": True}`` and pass. A POST
+    that only reads (the batch lookup, which takes its ids in a body) is
+    marked ``opt={"reads": True}`` and needs the read scope only (SPEC §6).
     """
     settings: Settings = connection.app.state.settings
     if handler.opt.get("public") or connection.scope["path"].startswith("/schema"):
         return
-    refused = refusal(
-        settings.tokens, connection.headers.get("authorization", ""), connection.scope["method"]
-    )
+    method = "GET" if handler.opt.get("reads") else connection.scope["method"]
+    refused = refusal(settings.tokens, connection.headers.get("authorization", ""), method)
     if refused is not None:
         raise refused

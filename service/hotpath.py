@@ -30,6 +30,7 @@ from service.errors import ErrorAnswer, answer_for
 from service.models import ChangeRequest, UserSegments
 from service.settings import Settings
 from service.store import Store
+from service.strict import duplicate_keys, is_json_media_type
 
 MAX_FAST_BODY = 64 * 1024
 """A larger change body is left to the framework (which enforces the 1 MiB limit)."""
@@ -50,9 +51,9 @@ def _user_id(scope: dict[str, Any]) -> int | None:
     return parse_user_id(path[len(_PREFIX) : -len(_SUFFIX)])
 
 
-def _authorization(scope: dict[str, Any]) -> str:
+def _header(scope: dict[str, Any], wanted: bytes) -> str:
     for name, value in scope["headers"]:
-        if name == b"authorization":
+        if name == wanted:
             return value.decode("latin-1")  # type: ignore[no-any-return]
     return ""
 
@@ -103,7 +104,7 @@ class HotPath:
         if user_id is None:
             return receive
         if self.settings.auth_enabled and (
-            refusal(self.settings.tokens, _authorization(scope), method) is not None
+            refusal(self.settings.tokens, _header(scope, b"authorization"), method) is not None
         ):
             return receive  # the framework's guard words the 401 / 403
         if method == "GET":
@@ -113,6 +114,8 @@ class HotPath:
             # Also a large body that came in one piece: the framework's limit
             # (413 over 1 MiB) applies to every body.
             return _replay(body, not complete, receive)
+        if not is_json_media_type(_header(scope, b"content-type")) or duplicate_keys(body):
+            return _replay(body, False, receive)  # the framework words the 415 / 400
         try:
             data = _decode_change(body)
         except (msgspec.ValidationError, msgspec.DecodeError):

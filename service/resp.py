@@ -8,7 +8,11 @@ single write, replies are parsed by hiredis and handed to their callers in
 order. Everything else in the service keeps using redis-py.
 
 Failures map to redis-py's exception types, so the API answers them the
-same way (503 for a Redis that is down or stuck).
+same way (503 for a Redis that is down or stuck). A command Redis leaves
+unanswered fails within ``COMMAND_TIMEOUT_S + WATCHDOG_INTERVAL_S`` of being
+sent (1.75 s), whatever else the connection carries: the request's 503 comes
+within the 2 s docs/api.md promises, as on the framework's path (redis-py's
+socket timeout).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from segments_core.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
 
-WATCHDOG_INTERVAL_S = 0.5
-"""How often a connection checks that Redis still answers what it was sent."""
+WATCHDOG_INTERVAL_S = 0.25
+"""How often a connection checks the age of its oldest unanswered command."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -39,7 +43,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.flush_scheduled = False
-        self.replies = 0
+        self.sent_at: collections.deque[float] = collections.deque()
+        """When each waiter's command was sent (loop time), in the waiters' order."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
@@ -48,7 +53,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
-            self.replies += 1
+            self.sent_at.popleft()
             waiter = self.waiters.popleft()
             if waiter.done():
                 continue
@@ -64,6 +69,7 @@ class _Protocol(asyncio.Protocol):
 
     def fail(self, error: Exception) -> None:
         self.closed = True
+        self.sent_at.clear()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -74,6 +80,7 @@ class _Protocol(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
+        self.sent_at.append(self.loop.time())
         self.outgoing.append(packed)
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -159,21 +166,16 @@ class RespConnection:
             return self._protocol
 
     async def _watch(self) -> None:
-        """Fails the connection when Redis leaves commands unanswered too long."""
-        stalled_since: float | None = None
-        last_replies = -1
+        """Fails the connection when Redis leaves a command unanswered too long.
+
+        Replies come in the order commands were sent, so the oldest
+        unanswered command is the first waiter: its age says it all."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             protocol = self._protocol
-            if protocol is None or protocol.closed:
-                stalled_since, last_replies = None, -1
+            if protocol is None or protocol.closed or not protocol.sent_at:
                 continue
-            now = asyncio.get_running_loop().time()
-            if not protocol.waiters or protocol.replies != last_replies:
-                stalled_since, last_replies = None, protocol.replies
-            elif stalled_since is None:
-                stalled_since = now
-            elif now - stalled_since > COMMAND_TIMEOUT_S:
+            if protocol.loop.time() - protocol.sent_at[0] > COMMAND_TIMEOUT_S:
                 protocol.fail(RedisTimeoutError("Redis did not answer in time"))
 
     async def execute(self, *args: Any) -> Any:

@@ -113,6 +113,23 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "how often each API process sweeps expired memberships, seconds",
         ),
     ] = 1.0
+    header_timeout_s: Annotated[
+        float,
+        Setting(
+            "SEGMENTS_HEADER_TIMEOUT",
+            config.number,
+            "time a client has to send a request's headers, seconds (then 408; `serve`)",
+        ),
+    ] = 10.0
+    body_timeout_s: Annotated[
+        float,
+        Setting(
+            "SEGMENTS_BODY_TIMEOUT",
+            config.number,
+            "time a client has to send a request's body once its headers are in, seconds"
+            " (then the connection is closed; `serve`)",
+        ),
+    ] = 30.0
     shards: Shards = None
     """None: as stored (16 for a new deployment)."""
 

@@ -1,27 +1,85 @@
-"""Strict JSON bodies: a JSON value of the wrong type is a 400.
+"""Strict JSON bodies, one rule for every endpoint that takes one.
 
-Litestar converts request bodies in msgspec's lax mode, where ``"10"`` is
-accepted for a number. The contract says a wrong type is a client error, so
-before a handler runs, its body is decoded once more in strict mode against
-the handler's own ``data`` type: one rule for every endpoint, kept beside
-the models instead of in each handler.
+Before a handler with a body runs (``strict_body``, a ``before_request``
+hook; the hot path asks the same functions and leaves what they refuse to
+the framework):
+
+- the body must be declared JSON (``Content-Type: application/json``, or a
+  ``+json`` type): anything else is a 415, even if it parses as JSON;
+- no object in it may name a key twice (a JSON parser keeps the last one
+  silently, so ``{"percent": 1, "percent": 100}`` would mean 100): a 400;
+- it is decoded once more in msgspec's strict mode against the handler's
+  own ``data`` type: Litestar converts bodies in lax mode, where ``"10"`` is
+  taken for a number, and a wrong type is a client error (400).
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 import msgspec
 from litestar import Request
-from litestar.exceptions import ValidationException
+from litestar.exceptions import HTTPException, InternalServerException, ValidationException
+
+
+class UnsupportedMediaType(HTTPException):
+    status_code = 415
+
+
+class ClientGone(HTTPException):
+    """The client closed the connection (or was cut off by a read timeout,
+    ``service.slow_clients``) before its body was complete: no one hears the
+    answer, and it is no server error (Litestar calls it a 500)."""
+
+    status_code = 400
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a Content-Type header value declares JSON (parameters allowed)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    if len({key for key, _ in pairs}) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        raise _Duplicate(sorted(key for key, n in counts.items() if n > 1))
+
+
+def duplicate_keys(body: bytes) -> list[str]:
+    """Keys some object of the JSON body names twice ([] for none, or no JSON)."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _Duplicate as found:
+        return list(found.args[0])
+    except ValueError:
+        pass  # not JSON: msgspec words that 400
+    return []
 
 
 async def strict_body(request: Request[Any, Any, Any]) -> None:
     data = request.route_handler.parsed_fn_signature.parameters.get("data")
     if data is None:
         return
+    if not is_json_media_type(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType("the body must be JSON, sent as Content-Type: application/json")
     try:
-        msgspec.json.decode(await request.body(), type=data.annotation, strict=True)
+        body = await request.body()
+    except InternalServerException:  # what Request.body raises when the client is gone
+        raise ClientGone("the client left before its body was complete") from None
+    twice = duplicate_keys(body)
+    if twice:
+        raise ValidationException(f"invalid request body: key(s) given twice: {', '.join(twice)}")
+    try:
+        msgspec.json.decode(body, type=data.annotation, strict=True)
     except msgspec.ValidationError as exc:
         raise ValidationException(f"invalid request body: {exc}") from None
     except msgspec.DecodeError:

@@ -125,6 +125,8 @@ class UserController(Controller):
         "/lookup",
         status_code=200,
         summary="Segments of many users (1 to 1,000 ids), in request order",
+        description="A read: the read scope suffices (the ids travel in the body).",
+        opt={"reads": True},
     )
     async def lookup(self, data: LookupRequest, store: NamedDependency[Store]) -> LookupResponse:
         results = await store.lookup(data.user_ids)
