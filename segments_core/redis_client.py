@@ -113,7 +113,11 @@ async def connect(url: str, *, max_connections: int = 256, **overrides: Any) -> 
         await probe.aclose()
     if not info.get("cluster_enabled"):
         return Redis.from_url(url, max_connections=max_connections, **options)
-    cluster = ClusterClient.from_url(url, reinitialize_steps=0, **options)
+    # max_connections is per node here; redis-py's default (100) fails a
+    # command at once (MaxConnectionsError) when more are in flight to a node.
+    cluster = ClusterClient.from_url(
+        url, reinitialize_steps=0, max_connections=max_connections, **options
+    )
     try:
         await cluster.initialize()
     except BaseException:

@@ -193,7 +193,11 @@ class RedisClusterServers:
         masters: int = 3,
         replicas: int = 1,
         node_timeout_ms: int = NODE_TIMEOUT_MS,
+        full_coverage: bool = True,
     ) -> None:
+        """``full_coverage=False`` sets ``cluster-require-full-coverage no``: the
+        masters that are up keep serving their slots while another one is down
+        (Redis's default, yes, stops the whole cluster until a replica took over)."""
         self._own_folder = folder is None
         self.folder = (
             Path(tempfile.mkdtemp(prefix="segments-cluster-")) if folder is None else folder
@@ -201,6 +205,7 @@ class RedisClusterServers:
         self.masters_wanted = masters
         self.replicas_wanted = replicas
         self.node_timeout_ms = node_timeout_ms
+        self.full_coverage = full_coverage
         self.nodes: list[Node] = []
         self.server_binary = _binary("redis-server")
         self.cli_binary = _binary("redis-cli")
@@ -265,6 +270,7 @@ class RedisClusterServers:
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
             # Nothing on disk: the tests' data need not survive a restart,
             # and a replica's first sync should not wait for a disk write.
             "--save", "",
