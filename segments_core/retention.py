@@ -37,16 +37,22 @@ def trim_point(archived_floor: EntryId, now_ms: int, retention_ms: int) -> Entry
     return min(archived_floor, (max(0, now_ms - retention_ms), 0))
 
 
-async def trim(redis: AnyRedis, stream: str, point: EntryId) -> None:
-    """Trims ``stream`` below ``point``, recording the point first.
+async def trim(redis: AnyRedis, stream: str, point: EntryId) -> bool:
+    """Trims ``stream`` below ``point``, recording the point first; False: nothing to trim.
 
-    The mark goes first, so a reader never sees entries gone without a mark
-    that says so. ``ZADD GT`` keeps the highest mark when archivers race.
-    Approximate (``~``): Redis removes whole macro-nodes only, all below the
-    point, which is far cheaper than an exact trim.
+    No entry below the point, no mark: a mark older than a stream's entries
+    would reset, for nothing, a cursor from before the stream's first entry.
+    The mark goes before the trim, so a reader never sees entries gone
+    without a mark that says so; ``ZADD GT`` keeps the highest mark when
+    archivers race. Approximate (``~``): Redis removes whole macro-nodes
+    only, all below the point, which is far cheaper than an exact trim.
     """
+    oldest = await redis.xrange(stream, count=1)
+    if not oldest or parse_id(oldest[0][0]) >= point:
+        return False
     await redis.zadd(GLOBAL.trimmed, {stream: point[0]}, gt=True)
     await redis.xtrim(stream, minid=format_id(point), approximate=True)
+    return True
 
 
 class StreamBounds(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,7 +77,9 @@ class StreamBounds(msgspec.Struct, frozen=True, kw_only=True):
         """
         if position > self.last_generated:
             return False
-        if (self.first is not None and position >= self.first) or self.removed == 0:
+        if position == self.last_generated or self.removed == 0:
+            return True  # nothing after it, or nothing ever removed
+        if self.first is not None and position >= self.first:
             return True
         known = self.trimmed_ms is not None or self.max_deleted not in (None, ZERO)
         if self.removed and not known:

@@ -306,8 +306,8 @@ class FeedHub:
         self.read_block_ms = read_block_ms
         self.positions: list[EntryId] = [ZERO] * len(self.streams)
         self.subscribers: set[Subscription] = set()
-        self.ready = False
-        """Reading: False before the first read and while Redis is lost."""
+        self._failing: set[int] = set()
+        """Readers (by their first stream) whose last read failed."""
         self.readers = 0
         """Blocking reads in progress or looping (1 on a single Redis)."""
         self._task: asyncio.Task[None] | None = None
@@ -320,7 +320,6 @@ class FeedHub:
         ids = await last_generated_ids(self.redis, self.streams)
         self.positions = [ids[s] for s in self.streams]
         self._started = True
-        self.ready = True
         self._task = asyncio.create_task(self._run(), name="feed-reader")
 
     async def stop(self) -> None:
@@ -351,32 +350,42 @@ class FeedHub:
 
     # -- the reader ------------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """Reading every stream: False before the start and while a read fails."""
+        return self._started and not self._failing
+
     async def _run(self) -> None:
+        n = len(self.streams)
+        groups = [[i] for i in range(n)] if self.cluster else [list(range(n))]
+        await asyncio.gather(*(self._follow(group) for group in groups))
+
+    async def _follow(self, indexes: list[int]) -> None:
+        """Reads ``indexes`` for ever; a failure ends every subscription, then retries.
+
+        Each reader retries on its own (no task group): the others keep
+        reading, and none depends on a blocked read giving way to a cancel.
+        """
+        key = indexes[0]
         delay = RETRY_MIN_S
         while True:
             try:
-                if self.cluster:
-                    async with asyncio.TaskGroup() as group:
-                        for i in range(len(self.streams)):
-                            group.create_task(self._read([i]))
+                await self._read(indexes, key)
+            except Exception as exc:
+                if isinstance(exc, RedisError | OSError):
+                    log.warning("feed: reading %s failed: %s; retrying", self.streams[key], exc)
                 else:
-                    await self._read(list(range(len(self.streams))))
-            except* Exception as failures:
-                self.ready = False
-                self.readers = 0
-                first = failures.exceptions[0]
-                if isinstance(first, RedisError | OSError):
-                    log.warning("feed: reading the streams failed: %s; retrying", first)
-                else:
-                    log.error("feed: reader failed; restarting it", exc_info=first)
+                    log.error("feed: reader of %s failed; restarting it", self.streams[key],
+                              exc_info=exc)
+                if key not in self._failing:
+                    delay = RETRY_MIN_S  # it had recovered since its last failure
+                self._failing.add(key)
                 # A subscriber must not silently miss what this reader misses.
                 self.close_subscribers("the feed lost Redis: reconnect with the last event id")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-            else:
-                delay = RETRY_MIN_S
 
-    async def _read(self, indexes: list[int]) -> None:
+    async def _read(self, indexes: list[int], key: int) -> None:
         self.readers += 1
         try:
             while True:
@@ -385,7 +394,7 @@ class FeedHub:
                     count=self.read_count,
                     block=self.read_block_ms,
                 )
-                self.ready = True
+                self._failing.discard(key)
                 for name, entries in _reply_streams(reply):
                     self._dispatch(self._index[name], entries)
         finally:
