@@ -109,7 +109,17 @@ _encode = msgspec.json.Encoder().encode
 class FeedEvent:
     """One history entry, parsed and encoded once for every subscriber."""
 
-    __slots__ = ("_frame", "data", "entry_id", "kind", "positions", "segment", "stream", "user_id")
+    __slots__ = (
+        "_frame",
+        "cursor",
+        "data",
+        "entry_id",
+        "kind",
+        "positions",
+        "segment",
+        "stream",
+        "user_id",
+    )
 
     def __init__(
         self,
@@ -130,12 +140,15 @@ class FeedEvent:
         self.segment = segment
         self.positions: tuple[EntryId, ...] = ()
         """The hub's position in every stream right after this event."""
+        self.cursor: str | None = None
+        """The cursor of ``positions``, when the hub made it already."""
         self._frame: bytes | None = None
 
     def frame(self, shards: int) -> bytes:
         """The SSE block, with the hub's cursor after this event (built once)."""
         if self._frame is None:
-            self._frame = sse_block(self.kind, cursor.encode(shards, self.positions), self.data)
+            text = self.cursor or cursor.encode(shards, self.positions)
+            self._frame = sse_block(self.kind, text, self.data)
         return self._frame
 
 
@@ -305,6 +318,7 @@ class FeedHub:
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.read_block_ms = read_block_ms
         self.positions: list[EntryId] = [ZERO] * len(self.streams)
+        self._encoder = cursor.Encoder(self.shards, self.positions)
         self.subscribers: set[Subscription] = set()
         self._failing: set[int] = set()
         """Readers (by their first stream) whose last read failed."""
@@ -319,6 +333,7 @@ class FeedHub:
         """Takes every stream's current end as the start, then reads in the background."""
         ids = await last_generated_ids(self.redis, self.streams)
         self.positions = [ids[s] for s in self.streams]
+        self._encoder = cursor.Encoder(self.shards, self.positions)
         self._started = True
         self._task = asyncio.create_task(self._run(), name="feed-reader")
 
@@ -403,13 +418,18 @@ class FeedHub:
     def _dispatch(self, stream: int, entries: Sequence[tuple[str, dict[str, str]]]) -> None:
         # No await in here: a subscriber joins between two dispatches, never during one.
         events: list[FeedEvent] = []
-        positions = self.positions
+        positions, encoder = self.positions, self._encoder
+        listened = bool(self.subscribers)
         for raw_id, fields in entries:
             entry_id = parse_id(raw_id)
             positions[stream] = entry_id
+            encoder.move(stream, entry_id)
+            if not listened:
+                continue  # nobody to parse it for
             event = parse_entry(stream, entry_id, fields)
             if event is not None:
                 event.positions = tuple(positions)
+                event.cursor = encoder.text()
                 events.append(event)
         if events:
             for sub in list(self.subscribers):
@@ -550,6 +570,7 @@ class FeedSession:
         """Entries after ``vector`` up to ``until`` (None: the end), advancing ``vector``."""
         hub = self.hub
         wanted = self.filter.streams(hub.keyspace)
+        encoder = cursor.Encoder(hub.shards, vector)
         for i in wanted:
             upper = "+" if until is None else format_id(until[i])
             while until is None or vector[i] < until[i]:
@@ -559,9 +580,10 @@ class FeedSession:
                 out: list[bytes] = []
                 for raw_id, fields in entries:
                     vector[i] = parse_id(raw_id)
+                    encoder.move(i, vector[i])
                     event = parse_entry(i, vector[i], fields)
                     if event is not None and self.filter.matches(event):
-                        out.append(sse_block(event.kind, self._cursor(vector), event.data))
+                        out.append(sse_block(event.kind, encoder.text(), event.data))
                 if out:
                     yield b"".join(out)
                 if len(entries) < BACKFILL_COUNT:

@@ -54,6 +54,12 @@ def test_cursor_round_trip_and_size() -> None:
     assert cursor.decode(text, 16) == positions
     assert text.isascii() and "=" not in text and "/" not in text and "+" not in text
     assert len(text) < 100  # short enough to send with every event
+    # The hub's encoder: a base of its own, one stream moved at a time, same positions.
+    encoder = cursor.Encoder(16, positions, base=1_700_000_000_000)
+    for stream in (3, 0, 3, 16):
+        positions[stream] = (positions[stream][0] + 5_000, 1)
+        encoder.move(stream, positions[stream])
+        assert cursor.decode(encoder.text(), 16) == positions
 
 
 @pytest.mark.parametrize(
@@ -61,7 +67,7 @@ def test_cursor_round_trip_and_size() -> None:
     [
         ("", "malformed"),
         ("not a cursor!", "base64"),
-        (base64.urlsafe_b64encode(b"\x02\x10").decode(), "version"),
+        (base64.urlsafe_b64encode(b"\x01\x10").decode(), "version"),
         (cursor.encode(8, [(1, 0)] * 9), "8 shards"),
         (cursor.encode(16, [(1, 0)] * 17)[:-4], "truncated"),
         (cursor.encode(16, [(1, 0)] * 17) + "AA", "trailing"),
