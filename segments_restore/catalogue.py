@@ -122,18 +122,21 @@ class Catalogue:
     def deleted(self) -> list[Incarnation]:
         return [i for i in self.by_id.values() if not i.live]
 
-    def incarnation_of(self, slug: str, when: Key) -> Incarnation | None:
-        """The incarnation ``slug`` named at ``when``: the last one created by then.
+    def incarnation_of(self, slug: str, ts: int, entry_ms: int) -> Incarnation | None:
+        """The incarnation ``slug`` named at (``ts``, ``entry_ms``): the last one created by then.
 
         An event stamped before the slug's first creation (a clock behind by
         a few ms) belongs to that first one; a slug history never saw
         created gives None.
         """
-        created = self._created.get(slug)
-        if not created:
+        incarnations = self.by_slug.get(slug)
+        if incarnations is None:
             return None
-        i = bisect.bisect_right(created, when)
-        return self.by_slug[slug][max(i - 1, 0)]
+        if len(incarnations) == 1:  # most slugs were never deleted and created again
+            return incarnations[0]
+        when: Key = (ts, entry_ms, MEMBERSHIP_RANK)
+        i = bisect.bisect_right(self._created[slug], when)
+        return incarnations[max(i - 1, 0)]
 
     @classmethod
     def from_events(cls, events: Iterable[LifecycleEvent]) -> Catalogue:

@@ -7,13 +7,12 @@ unacknowledged tail of each stream, without the entries both hold (the same
 event key: stream and entry id).
 
 The order matters (SPEC §3): one user's events sorted by timestamp, then by
-stream entry id, are in the order the changes happened. Every event of a
-user is on the user's shard stream, so one query sorted by (stream, user,
-timestamp, entry id) gives the users shard by shard, each user's events in
-order. It is streamed with ``COPY ... TO STDOUT``: PostgreSQL sends the
-sorted rows as they come, the client holds one chunk at a time, so memory is
-flat however long the history (the same bound a server-side cursor gives,
-at a fraction of the per-row cost).
+stream entry id, are in the order the changes happened (a user's events are
+all on the user's shard stream). One query sorted by (user, timestamp, entry
+id) gives the users one after the other, each user's events in order; it
+follows the index ``(user_id, ts)`` (no sort of the whole history) and is
+read through a server-side cursor, so memory holds one batch of rows
+however long the history.
 
 How the streams are read:
 
@@ -44,8 +43,8 @@ from segments_restore.replay import Event
 
 XRANGE_COUNT = 5_000
 """Stream entries per XRANGE: a few milliseconds of Redis time each."""
-SORT_WORK_MEM = "256MB"
-"""work_mem of the replay's sort: 1M events sort in memory instead of on disk."""
+SORT_WORK_MEM = "64MB"
+"""work_mem of the reads: the stream entries' sort, the lifecycle's, the count."""
 
 _STAGE_MEMBERSHIPS = (
     "CREATE TEMP TABLE IF NOT EXISTS restore_stream_history ("
@@ -65,28 +64,33 @@ _COPY_LIFECYCLE = (
 
 _MS = "round(date_part('epoch', {col}) * 1000)::bigint"
 """A timestamptz as integer ms (exact: ms since the epoch fit a double)."""
+_TS = "timestamptz 'epoch' + {col} * interval '1 millisecond'"
 
 _MEMBERSHIP_EVENTS = f"""
-    SELECT stream, user_id, segment, operation, reason, {_MS.format(col="ts")} AS ts_ms,
-           {_MS.format(col="deadline")} AS deadline_ms, entry_ms, entry_seq
+    SELECT user_id, segment, operation, reason, ts, deadline, entry_ms, entry_seq
     FROM history
     UNION ALL
-    SELECT s.stream, s.user_id, s.segment, s.operation, s.reason, s.ts_ms,
-           s.deadline_ms, s.entry_ms, s.entry_seq
+    SELECT s.user_id, s.segment, s.operation, s.reason, {_TS.format(col="s.ts_ms")},
+           {_TS.format(col="s.deadline_ms")}, s.entry_ms, s.entry_seq
     FROM restore_stream_history s
     WHERE NOT EXISTS (
         SELECT 1 FROM history h
-        WHERE h.ts = timestamptz 'epoch' + s.ts_ms * interval '1 millisecond'
+        WHERE h.ts = {_TS.format(col="s.ts_ms")}
           AND h.stream = s.stream AND h.entry_ms = s.entry_ms AND h.entry_seq = s.entry_seq)
 """
 
 _REPLAY = f"""
-    COPY (
-        SELECT stream, user_id, segment, operation, reason, ts_ms, deadline_ms, entry_ms
-        FROM ({_MEMBERSHIP_EVENTS}) e
-        ORDER BY stream COLLATE "C", user_id, ts_ms, entry_ms, entry_seq
-    ) TO STDOUT
+    SELECT user_id, segment, operation = 'add', reason, {_MS.format(col="ts")},
+           coalesce({_MS.format(col="deadline")}, 0), entry_ms
+    FROM ({_MEMBERSHIP_EVENTS}) e
+    ORDER BY user_id, ts, entry_ms, entry_seq
 """
+"""Every membership event, user by user, each user's in order. The order is
+the index ``(user_id, ts)``'s: PostgreSQL merges the partitions' index scans
+and sorts only events of one user stamped alike, never the whole history."""
+
+FETCH_ROWS = 10_000
+"""Rows per fetch from the server-side cursor: one round trip per 10,000 events."""
 
 _LIFECYCLE = f"""
     SELECT segment_id, segment, operation, {_MS.format(col="ts")}, entry_ms, entry_seq,
@@ -115,12 +119,11 @@ class StreamSnapshot:
 
 
 class UserEvents:
-    """One user's events, in order, and the stream (so the shard) they are on."""
+    """One user's events, in order."""
 
-    __slots__ = ("events", "stream", "user_id")
+    __slots__ = ("events", "user_id")
 
-    def __init__(self, stream: str, user_id: int, events: list[Event]) -> None:
-        self.stream = stream
+    def __init__(self, user_id: int, events: list[Event]) -> None:
         self.user_id = user_id
         self.events = events
 
@@ -235,50 +238,26 @@ class History:
         return {stream: (int(ms), int(seq)) for stream, ms, seq in await cur.fetchall()}
 
     async def users(self) -> AsyncIterator[list[UserEvents]]:
-        """Every user with events, in batches: shard by shard (stream), by user id.
+        """Every user with events, by user id, in batches (a user is never split).
 
-        A user's events are never split across batches.
+        Read through a server-side cursor, :data:`FETCH_ROWS` at a time, so
+        memory holds one batch whatever the size of the history.
         """
-        slugs: dict[bytes, str] = {}
-        streams: dict[bytes, str] = {}
-        pending = b""
         current: UserEvents | None = None
-        cur_stream = b""
-        cur_user = b""
-        done: list[UserEvents] = []
-        async with self.conn.cursor().copy(_REPLAY) as copy:
-            async for chunk in copy:
-                data = pending + bytes(chunk)
-                lines = data.split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    stream, user, slug, op, reason, ts, deadline, entry_ms = line.split(b"\t")
-                    if user != cur_user or stream != cur_stream:
+        async with self.conn.cursor(name="restore_replay") as cur:
+            await cur.execute(_REPLAY)
+            while True:
+                rows = await cur.fetchmany(FETCH_ROWS)
+                if not rows:
+                    break
+                done: list[UserEvents] = []
+                for row in rows:  # (user_id, slug, add, reason, ts, deadline, entry_ms): an Event
+                    if current is None or row[0] != current.user_id:
                         if current is not None:
                             done.append(current)
-                        name = streams.get(stream)
-                        if name is None:
-                            name = streams[stream] = stream.decode()
-                        current = UserEvents(name, int(user), [])
-                        cur_stream, cur_user = stream, user
-                    text = slugs.get(slug)
-                    if text is None:
-                        text = slugs[slug] = slug.decode()
-                    assert current is not None
-                    current.events.append(
-                        Event(
-                            text,
-                            op == b"add",
-                            reason.decode(),
-                            int(ts),
-                            0 if deadline == b"\\N" else int(deadline),
-                            int(entry_ms),
-                        )
-                    )
-                if len(done) >= 1_000:
+                        current = UserEvents(row[0], [])
+                    current.events.append(row)
+                if done:
                     yield done
-                    done = []
         if current is not None:
-            done.append(current)
-        if done:
-            yield done
+            yield [current]

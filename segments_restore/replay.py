@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from segments_restore.catalogue import MEMBERSHIP_RANK, Catalogue, Incarnation, Key
+from segments_restore.catalogue import MEMBERSHIP_RANK, Catalogue, Incarnation
 from service.bucket import in_cohort
 
 REMOVED_BY_HAND = "x"
@@ -39,8 +39,9 @@ BY_PERCENT = "p"
 
 
 class Event(NamedTuple):
-    """One membership event of one user (the user is implied)."""
+    """One membership event, as the replay query gives it (a plain row tuple works too)."""
 
+    user_id: int
     slug: str
     add: bool
     reason: str
@@ -48,10 +49,6 @@ class Event(NamedTuple):
     deadline: int
     """ms; 0 for none."""
     entry_ms: int
-
-    @property
-    def key(self) -> Key:
-        return (self.ts, self.entry_ms, MEMBERSHIP_RANK)
 
 
 def is_member(state: str) -> bool:
@@ -100,43 +97,41 @@ def replay_user(user_id: int, events: Iterable[Event], catalogue: Catalogue) -> 
     """The user's fields as ``events`` (in order) leave them."""
     h = UserHistory()
     fields = h.fields
-    for e in events:
-        if e.reason == "user_deleted":
+    for _, slug, add, reason, ts, deadline, entry_ms in events:
+        if reason == "user_deleted":
             # deleteUser: the whole hash goes (markers too) and the user is forgotten.
             fields.clear()
             h.known = False
             continue
         h.known = True
-        current = fields.get(e.slug)
-        if e.add:
-            inc = catalogue.incarnation_of(e.slug, e.key)
+        current = fields.get(slug)
+        if add:
+            inc = catalogue.incarnation_of(slug, ts, entry_ms)
             if current is not None:
                 held = current.incarnation
                 if held is not None and (inc is None or held.id > inc.id):
                     inc = held  # stamped a little early: the newer one
-                if is_member(current.state):
+                if current.state != REMOVED_BY_HAND:
                     if held is not None and inc is not None and held.id < inc.id:
                         h.lost.append((held, current.state))
                     else:
                         h.anomalies += 1  # an add of a member is never written
-            state = BY_PERCENT if e.reason == "percent" else str(e.deadline)
-            fields[e.slug] = Field(inc, state)
+            state = BY_PERCENT if reason == "percent" else str(deadline)
+            fields[slug] = Field(inc, state)
             continue
-        if current is None or not is_member(current.state):
+        if current is None or current.state == REMOVED_BY_HAND:
             h.anomalies += 1  # a remove of a non-member is never written
             continue
         inc = current.incarnation
         marker = False
-        if inc is not None:
-            pct = inc.percent_at(e.key)
-            if e.reason == "manual":
-                marker = pct > 0
-            elif e.reason == "ttl":
-                marker = pct > 0 and in_cohort(e.slug, user_id, pct)
+        if inc is not None and reason in ("manual", "ttl"):
+            pct = inc.percent_at((ts, entry_ms, MEMBERSHIP_RANK))
+            # A hand removal from a percent segment; an expiry inside the cohort.
+            marker = pct > 0 and (reason == "manual" or in_cohort(slug, user_id, pct))
         if marker:
             current.state = REMOVED_BY_HAND
         else:
-            del fields[e.slug]
+            del fields[slug]
     return h
 
 
@@ -190,7 +185,7 @@ def settle(user_id: int, history: UserHistory, now_ms: int) -> Settled:
             removals.append(Removal(slug, deadline, "ttl"))
             # The same key the replay of that removal will use, so a second
             # restore (which reads it back from history) decides alike.
-            pct = inc.percent_at((deadline, now_ms, 1))
+            pct = inc.percent_at((deadline, now_ms, MEMBERSHIP_RANK))
             if pct > 0 and in_cohort(slug, user_id, pct):
                 out[inc.id] = REMOVED_BY_HAND
             continue

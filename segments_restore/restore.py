@@ -40,7 +40,13 @@ from segments_restore import faults, redis_state, shards
 from segments_restore.catalogue import Catalogue
 from segments_restore.history import History
 from segments_restore.progress import Reporter
-from segments_restore.redis_state import KEYS_PER_COMMAND, RestoreError, ShardWriter, chunks
+from segments_restore.redis_state import (
+    KEYS_PER_COMMAND,
+    InFlight,
+    RestoreError,
+    ShardWriter,
+    chunks,
+)
 from segments_restore.replay import BY_PERCENT, REMOVED_BY_HAND, is_member, replay_user, settle
 
 EXIT_REFUSED = 3
@@ -198,41 +204,29 @@ async def _restore_users(
     now: int,
     say: Reporter,
 ) -> RestoreReport:
-    counts: dict[int, int] = defaultdict(int)
     r = RestoreReport(
         shards=keyspace.shards, segments=0, deleted_segments=0, users=0, memberships=0,
         by_percent=0, removed_by_hand=0, ttl_removals=0, deletion_removals=0,
         stream_entries=0, skipped_entries=0, history_events=0, anomalies=0, orphans=0,
         resumed=False, seconds=0.0,
     )  # fmt: skip
-    writer: ShardWriter | None = None
-
-    async def finish(w: ShardWriter) -> None:
-        """A shard is done (the events come shard by shard): its rest and its counts."""
-        await w.flush()
-        await redis_state.write_counts(redis, w.keys, counts)
-        counts.clear()
-        faults.reached("after_flush")
-
+    # Users come by id, so from every shard in turn: a writer and counts per shard.
+    writers = [ShardWriter(redis, k) for k in keyspace.shard_keys]
+    counts: list[dict[int, int]] = [defaultdict(int) for _ in keyspace.shard_keys]
+    sending = InFlight()
     async for batch in history.users():
         events = 0
         for user in batch:
             uid = user.user_id
             events += len(user.events)
-            keys = keyspace.for_user(uid)
-            if writer is None or writer.keys is not keys:
-                if writer is not None:
-                    await finish(writer)
-                writer = ShardWriter(redis, keys)
+            shard = keyspace.shard_of(uid)
+            writer = writers[shard]
             replayed = replay_user(uid, user.events, catalogue)
             settled = settle(uid, replayed, now)
             r.anomalies += replayed.anomalies
             r.orphans += settled.orphans
             for removal in settled.removals:
-                writer.event(
-                    {"u": str(uid), "s": removal.slug, "o": "remove", "t": str(removal.ts),
-                     "r": removal.reason}
-                )  # fmt: skip
+                writer.removal(uid, removal.slug, removal.ts, removal.reason)
                 if removal.reason == "ttl":
                     r.ttl_removals += 1
                 else:
@@ -240,19 +234,28 @@ async def _restore_users(
             if replayed.known or settled.fields:
                 writer.user(uid, settled.fields)
                 r.users += 1
+                shard_counts = counts[shard]
                 for segment_id, state in settled.fields.items():
                     if is_member(state):
-                        counts[segment_id] += 1
+                        shard_counts[segment_id] += 1
                         r.memberships += 1
                         r.by_percent += state == BY_PERCENT
                     else:
                         r.removed_by_hand += state == REMOVED_BY_HAND
             if writer.full:
-                await writer.flush()
+                call = writer.take()
+                assert call is not None
+                await sending.send(call)
                 faults.reached("after_flush")
         say.advance(events)
-    if writer is not None:
-        await finish(writer)
+    for writer in writers:
+        call = writer.take()
+        if call is not None:
+            await sending.send(call)
+            faults.reached("after_flush")
+    await sending.drain()
+    for k in keyspace.shard_keys:
+        await redis_state.write_counts(redis, k, counts[k.shard])
     return r
 
 

@@ -16,12 +16,16 @@ Redis holds:
   member count differ, a shard's copy of the catalogue disagrees, or a
   deleted segment is not dead in a shard.
 
-Cheap enough for a periodic audit: Redis is read with SSCAN / HSCAN steps
-and pipelines of single-key reads (no script, no KEYS), PostgreSQL streams
-one sorted query (``segments_restore.history``), and memory holds one
-shard's user ids at a time. On a live service a user changed while verify
-runs would look different: every difference of a user (or segment) with an
-event past the snapshot's stream horizon is re-checked away and only
+Cheap enough for a periodic audit: Redis is read in bounded steps (SSCAN /
+HSCAN with a COUNT, and the read-only ``readUsers`` script for
+:data:`~segments_restore.redis_state.USERS_PER_CALL` users of one shard a
+call, about a millisecond; no KEYS, no long script); PostgreSQL streams the
+events user by user through a server-side cursor
+(``segments_restore.history``); memory holds one batch of events and the
+ids of the users history names (8 bytes each: 8 MB for a million users), to
+find the users only Redis knows. On a live service a user changed while
+verify runs would look different: every difference of a user (or segment)
+with an event past the snapshot's stream horizon is set aside and only
 counted ("changed while verifying").
 
 Known users are not compared: registering a user writes no history event
@@ -33,9 +37,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import sys
 import time
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -52,8 +58,15 @@ from segments_restore import redis_state, shards
 from segments_restore.catalogue import Catalogue
 from segments_restore.history import History, UserEvents
 from segments_restore.progress import Reporter
-from segments_restore.redis_state import PIPELINE_COMMANDS, SCAN_COUNT, RestoreError, chunks
+from segments_restore.redis_state import (
+    KEYS_PER_COMMAND,
+    SCAN_COUNT,
+    USERS_PER_CALL,
+    RestoreError,
+    chunks,
+)
 from segments_restore.replay import BY_PERCENT, REMOVED_BY_HAND, deadline_of, is_member, replay_user
+from segments_restore.scripts import READ_USERS
 
 KINDS = ("missing", "extra", "deadline", "marker", "segment")
 EXIT_DIFFERENT = 1
@@ -101,12 +114,20 @@ def _state_text(state: str | None) -> str:
     return f"member by hand, {_when(deadline_of(state))}"
 
 
+class _Held(NamedTuple):
+    """One user as Redis holds it."""
+
+    known: bool
+    fields: dict[int, str]
+    due: dict[int, int]
+    """segment id -> the score of ``<uid>:<id>`` in the due index."""
+
+
 class _Shard:
-    """What one shard's comparison accumulates."""
+    """What one shard's comparison accumulates: members per segment, by history."""
 
     def __init__(self, keys: ShardKeys) -> None:
         self.keys = keys
-        self.seen: set[int] = set()
         self.counts: dict[int, int] = defaultdict(int)
 
 
@@ -120,6 +141,12 @@ class Verifier:
         self.known_only_in_history = 0
         self.memberships = 0
         self.users = 0
+        self.seen = array("q")
+        """Every user id history names, ascending (they come by id): 8 bytes a user."""
+
+    def in_history(self, user_id: int) -> bool:
+        i = bisect.bisect_left(self.seen, user_id)
+        return i < len(self.seen) and self.seen[i] == user_id
 
     def add(
         self, kind: str, text: str, user_id: int | None = None, slug: str | None = None
@@ -128,30 +155,35 @@ class Verifier:
 
     # -- users ----------------------------------------------------------------------------
 
+    async def _read(self, keys: ShardKeys, user_ids: list[int]) -> list[_Held]:
+        """What Redis holds of these users of one shard: one bounded readUsers call."""
+        reply = await READ_USERS(self.redis, [keys.users, keys.due], [keys.user_prefix, *user_ids])
+        held = []
+        for line in _t(reply).split("\n"):
+            words = line.split(" ")
+            fields, due = {}, {}
+            for j in range(1, len(words), 3):
+                segment_id = int(words[j])
+                fields[segment_id] = words[j + 1]
+                if words[j + 2] != "-":
+                    due[segment_id] = int(float(words[j + 2]))
+            held.append(_Held(words[0] == "1", fields, due))
+        return held
+
     async def users_batch(self, shard: _Shard, batch: list[UserEvents]) -> None:
         """Compares a batch of one shard's users that history names."""
-        keys = shard.keys
-        pipe = self.redis.pipeline(transaction=False)
-        for user in batch:
-            pipe.hgetall(keys.user(user.user_id))
-            pipe.sismember(keys.users, user.user_id)
-        replies = await pipe.execute()
-        due_checks: list[tuple[int, int, int]] = []
-        for i, user in enumerate(batch):
+        held = await self._read(shard.keys, [u.user_id for u in batch])
+        for user, h in zip(batch, held, strict=True):
             uid = user.user_id
-            shard.seen.add(uid)
             self.users += 1
             replayed = replay_user(uid, user.events, self.catalogue)
             expected = replayed.by_segment_id()
-            actual = {int(k): v.decode() for k, v in replies[2 * i].items()}
-            known = bool(replies[2 * i + 1])
-            if replayed.known and not known:
+            if replayed.known and not h.known:
                 self.known_only_in_history += 1
             for segment_id, state in expected.items():
                 if is_member(state):
                     shard.counts[segment_id] += 1
-            due_checks += self._compare_user(uid, expected, actual)
-        await self._check_due(keys, due_checks)
+            self._compare_user(uid, expected, h)
 
     async def unknown_users(self, shard: _Shard) -> None:
         """Users Redis knows that history does not name: any membership is extra."""
@@ -159,83 +191,66 @@ class Verifier:
         cursor: Any = 0
         while True:
             cursor, members = await self.redis.sscan(keys.users, cursor, count=SCAN_COUNT)
-            others = [int(m) for m in members if int(m) not in shard.seen]
-            for group in chunks(others, PIPELINE_COMMANDS):
-                pipe = self.redis.pipeline(transaction=False)
-                for uid in group:
-                    pipe.hgetall(keys.user(uid))
-                for uid, raw in zip(group, await pipe.execute(), strict=True):
-                    actual = {int(k): v.decode() for k, v in raw.items()}
-                    if actual:
-                        self._compare_user(uid, {}, actual)
+            others = [int(m) for m in members if not self.in_history(int(m))]
+            for group in chunks(others, USERS_PER_CALL):
+                for uid, h in zip(group, await self._read(keys, group), strict=True):
+                    if h.fields:
+                        self._compare_user(uid, {}, h)
                     else:
                         self.known_only_in_redis += 1
             if int(cursor) == 0:
                 return
 
-    def _compare_user(
-        self, uid: int, expected: dict[int, str], actual: dict[int, str]
-    ) -> list[tuple[int, int, int]]:
-        """Records the user's differences; returns (user, segment, deadline) to check in due."""
-        due: list[tuple[int, int, int]] = []
+    def _compare_user(self, uid: int, expected: dict[int, str], held: _Held) -> None:
+        """Records the user's differences (``expected``: history's fields)."""
+        actual = held.fields
+        if expected == actual:  # the common case, quickly: members counted, due checked
+            for segment_id, state in actual.items():
+                if state != REMOVED_BY_HAND:
+                    self.memberships += 1
+                    if state != "0" and state != BY_PERCENT:
+                        self._check_due(uid, segment_id, int(state), held)
+            return
         for segment_id in expected.keys() | actual.keys():
             e, a = expected.get(segment_id), actual.get(segment_id)
             inc = self.catalogue.by_id.get(segment_id)
             slug = inc.slug if inc else f"<segment id {segment_id}>"
+            where = f"user {uid} segment {slug}"
             em = e is not None and is_member(e)
             am = a is not None and is_member(a)
             if am:
-                self.memberships += 1
                 assert a is not None
+                self.memberships += 1
                 if deadline_of(a):
-                    due.append((uid, segment_id, deadline_of(a)))
+                    self._check_due(uid, segment_id, deadline_of(a), held)
             if em == am and e == a:
                 continue
-            where = f"user {uid} segment {slug}"
             if em and not am:
-                self.add(
-                    "missing",
-                    f"{where}: history {_state_text(e)}, Redis {_state_text(a)}",
-                    uid,
-                    slug,
-                )
+                kind = "missing"
             elif am and not em:
-                self.add(
-                    "extra", f"{where}: Redis {_state_text(a)}, history {_state_text(e)}", uid, slug
-                )
+                kind = "extra"
             elif em and am:
-                assert e is not None and a is not None
                 kind = "marker" if (e == BY_PERCENT) != (a == BY_PERCENT) else "deadline"
-                self.add(
-                    kind, f"{where}: Redis {_state_text(a)}, history {_state_text(e)}", uid, slug
-                )
             elif inc is not None and inc.live:
-                # Neither a member; "x" on one side only. (Markers of deleted
-                # segments go when the purge reaches them: either is right.)
-                self.add(
-                    "marker",
-                    f"{where}: Redis {_state_text(a)}, history {_state_text(e)}",
-                    uid,
-                    slug,
-                )
-        return due
+                kind = "marker"  # neither a member, "x" on one side only
+            else:
+                continue  # markers of deleted segments go when the purge reaches them
+            self.add(kind, f"{where}: Redis {_state_text(a)}, history {_state_text(e)}", uid, slug)
 
-    async def _check_due(self, keys: ShardKeys, checks: list[tuple[int, int, int]]) -> None:
-        for group in chunks(checks, PIPELINE_COMMANDS):
-            pipe = self.redis.pipeline(transaction=False)
-            for uid, segment_id, _ in group:
-                pipe.zscore(keys.due, f"{uid}:{segment_id}")
-            for (uid, segment_id, deadline), score in zip(group, await pipe.execute(), strict=True):
-                if score is None or int(score) != deadline:
-                    inc = self.catalogue.by_id.get(segment_id)
-                    slug = inc.slug if inc else str(segment_id)
-                    self.add(
-                        "deadline",
-                        f"user {uid} segment {slug}: deadline {_when(deadline)} is not in the"
-                        f" due index ({'absent' if score is None else _when(int(score))})",
-                        uid,
-                        slug,
-                    )
+    def _check_due(self, uid: int, segment_id: int, deadline: int, held: _Held) -> None:
+        """A membership with a deadline must be in the due index, else it never expires."""
+        due = held.due.get(segment_id)
+        if due == deadline:
+            return
+        inc = self.catalogue.by_id.get(segment_id)
+        slug = inc.slug if inc else f"<segment id {segment_id}>"
+        self.add(
+            "deadline",
+            f"user {uid} segment {slug}: deadline {_when(deadline)} is not in the due index"
+            f" ({'absent' if due is None else _when(due)}): it would never expire",
+            uid,
+            slug,
+        )
 
     # -- segments -------------------------------------------------------------------------
 
@@ -282,7 +297,7 @@ class Verifier:
                     slug=slug,
                 )
         deleted = [i for i in self.catalogue.deleted() if str(i.id) not in dying]
-        for group in chunks(deleted, PIPELINE_COMMANDS):
+        for group in chunks(deleted, KEYS_PER_COMMAND):
             flags = await self.redis.execute_command(
                 "SMISMEMBER", k.seg_dead, *(i.id for i in group)
             )
@@ -387,38 +402,27 @@ async def verify(
         catalogue = Catalogue.from_events(await history.lifecycle())
         total = await history.count_memberships()
         v = Verifier(redis, keyspace, catalogue)
-        say.step("comparing users shard by shard", total)
-        by_stream = {k.events: k for k in keyspace.shard_keys}
-        done: dict[int, _Shard] = {}
-        current: _Shard | None = None
+        say.step("comparing users", total)
+        shard_state = [_Shard(k) for k in keyspace.shard_keys]
         async for batch in history.users():
-            groups: dict[str, list[UserEvents]] = defaultdict(list)
+            groups: dict[int, list[UserEvents]] = defaultdict(list)
             for user in batch:
-                groups[user.stream].append(user)
-            for stream, users in groups.items():
-                keys = by_stream.get(stream)
-                if keys is None:
-                    v.add(
-                        "segment",
-                        f"history holds events on {stream}, not a stream of this"
-                        f" deployment's {keyspace.shards} shards",
-                    )
-                    continue
-                if current is None or current.keys is not keys:
-                    if current is not None:
-                        await _finish_shard(v, current)
-                        done[current.keys.shard] = current
-                    current = _Shard(keys)
-                for group in chunks(users, PIPELINE_COMMANDS // 2):
-                    await v.users_batch(current, group)
-                say.advance(sum(len(u.events) for u in users))
+                v.seen.append(user.user_id)
+                groups[keyspace.shard_of(user.user_id)].append(user)
+            # One call per shard and few hundred users (one Cluster slot each), side by side.
+            await asyncio.gather(
+                *(
+                    v.users_batch(shard_state[shard], group)
+                    for shard, users in groups.items()
+                    for group in chunks(users, USERS_PER_CALL)
+                )
+            )
+            say.advance(sum(len(u.events) for u in batch))
         await history.end()
-        if current is not None:
-            await _finish_shard(v, current)
-            done[current.keys.shard] = current
-        for k in keyspace.shard_keys:
-            if k.shard not in done:  # no history on this shard
-                await _finish_shard(v, _Shard(k))
+        say.step("looking for users only Redis knows, and each shard's catalogue")
+        for shard in shard_state:
+            await v.unknown_users(shard)
+            await v.shard_catalogue(shard)
         await v.global_catalogue()
         changed = 0
         differences = v.differences
@@ -445,11 +449,6 @@ async def verify(
         history_events=total,
         seconds=time.monotonic() - started,
     )
-
-
-async def _finish_shard(v: Verifier, shard: _Shard) -> None:
-    await v.unknown_users(shard)
-    await v.shard_catalogue(shard)
 
 
 def _print(report: VerifyReport, limit: int) -> None:

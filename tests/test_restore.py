@@ -458,10 +458,10 @@ def test_a_slug_created_again_is_a_new_incarnation() -> None:
         (1, "S", "created", 100, 0), (1, "S", "deleted", 200, 0), (2, "S", "created", 300, 2000)
     )
     events = [
-        Event("S", True, "manual", 150, 0, 150),
-        Event("S", False, "segment_deleted", 210, 0, 210),
-        Event("S", True, "manual", 310, 0, 310),
-        Event("S", False, "manual", 320, 0, 320),  # a percent segment: the marker stays
+        Event(42, "S", True, "manual", 150, 0, 150),
+        Event(42, "S", False, "segment_deleted", 210, 0, 210),
+        Event(42, "S", True, "manual", 310, 0, 310),
+        Event(42, "S", False, "manual", 320, 0, 320),  # a percent segment: the marker stays
     ]
     replayed = replay_user(42, events, catalogue)
     assert replayed.by_segment_id() == {2: "x"}
@@ -472,14 +472,14 @@ def test_a_deletion_the_loss_cut_short_is_finished_in_history() -> None:
     catalogue = _lifecycle((1, "S", "created", 100, 0), (1, "S", "deleted", 500, 0))
     replayed = replay_user(
         7,
-        [Event("S", True, "manual", 150, 0, 150), Event("S", True, "manual", 160, 0, 160)],
+        [Event(7, "S", True, "manual", 150, 0, 150), Event(7, "S", True, "manual", 160, 0, 160)],
         catalogue,
     )
     assert replayed.anomalies == 1  # an add of a member is never written
     settled = settle(7, replayed, 1_000)
     assert settled.fields == {}
     assert [(r.reason, r.ts) for r in settled.removals] == [("segment_deleted", 500)]
-    timed = replay_user(7, [Event("S", True, "manual", 150, 400, 150)], catalogue)
+    timed = replay_user(7, [Event(7, "S", True, "manual", 150, 400, 150)], catalogue)
     assert [(r.reason, r.ts) for r in settle(7, timed, 1_000).removals] == [("ttl", 400)]
 
 
