@@ -90,7 +90,7 @@ async def holds_state(redis: Any, keyspace: Keyspace) -> bool:
     """Whether Redis holds any segment, user or membership (streams do not count)."""
     pipe = redis.pipeline(transaction=False)
     for key in state_keys(keyspace):
-        pipe.exists(key)
+        pipe.execute_command("EXISTS", key)
     return any(int(n) for n in await pipe.execute())
 
 
@@ -185,6 +185,8 @@ async def wipe(redis: Any, keyspace: Keyspace) -> int:
 
     User hashes are found through each shard's ``users`` set, a bounded SSCAN
     step at a time; the big keys go with UNLINK (freed off the main thread).
+    (Pipelines name commands through execute_command: a cluster pipeline's
+    ``unlink()`` and ``exists()`` are coroutines that queue nothing.)
     """
     removed = 0
     for k in keyspace.shard_keys:
@@ -198,11 +200,11 @@ async def wipe(redis: Any, keyspace: Keyspace) -> int:
                 break
         pipe = redis.pipeline(transaction=False)
         for key in _shard_state_keys(k):
-            pipe.unlink(key)
+            pipe.execute_command("UNLINK", key)
         await pipe.execute()
     pipe = redis.pipeline(transaction=False)
     for key in (GLOBAL.segments, GLOBAL.next_id, GLOBAL.deleting, GLOBAL.rollouts):
-        pipe.unlink(key)
+        pipe.execute_command("UNLINK", key)
     await pipe.execute()
     return removed
 
