@@ -230,12 +230,15 @@ class History:
         )
         return [(stream, int(uid)) for stream, uid in await cur.fetchall()]
 
-    async def archived_ids(self) -> dict[str, EntryId]:
-        """Per stream, the highest entry id the archiver stored (``archive_progress``)."""
+    async def archived(self) -> dict[str, tuple[EntryId, int]]:
+        """Per stream, the highest entry id the archiver stored and how many rows
+        (``archive_progress``)."""
         cur = await self.conn.execute(
-            "SELECT stream, last_entry_ms, last_entry_seq FROM archive_progress"
+            "SELECT stream, last_entry_ms, last_entry_seq, archived FROM archive_progress"
         )
-        return {stream: (int(ms), int(seq)) for stream, ms, seq in await cur.fetchall()}
+        return {
+            stream: ((int(ms), int(seq)), int(n)) for stream, ms, seq, n in await cur.fetchall()
+        }
 
     async def users(self) -> AsyncIterator[list[UserEvents]]:
         """Every user with events, by user id, in batches (a user is never split).

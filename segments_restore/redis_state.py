@@ -141,7 +141,9 @@ async def restore_lock(redis: Any) -> AsyncIterator[None]:
             await redis.delete(GLOBAL.restore_lock)
 
 
-async def prepare_streams(redis: Any, keyspace: Keyspace, archived: dict[str, EntryId]) -> None:
+async def prepare_streams(
+    redis: Any, keyspace: Keyspace, archived: dict[str, tuple[EntryId, int]]
+) -> None:
     """Every stream exists with the archiver's group; an empty one resumes past the archive.
 
     The group (created at 0, as the archiver creates it) makes the removals a
@@ -149,11 +151,13 @@ async def prepare_streams(redis: Any, keyspace: Keyspace, archived: dict[str, En
     A Redis that lost its streams would start them again below ids that
     PostgreSQL holds: an empty stream's last id (``XSETID``) and its group's
     position (``XGROUP SETID``) move to the highest archived id, so entry ids
-    stay unique and a report's wait (archived up to the last id) is met; the
-    trim mark (``{g}:trimmed``, and on Redis 7 the stream's
-    max-deleted-entry-id) tells change-feed clients whose cursor lies in the
-    lost part to reset (segments_core.retention). A stream that holds entries
-    is left as it is: they may wait for the archiver.
+    stay unique and a report's wait (archived up to the last id) is met.
+    What the stream held before is gone from Redis, and a change-feed client
+    whose cursor lies in that part must reset (segments_core.retention): the
+    trim mark (``{g}:trimmed``) says it, and on Redis 7 so do the stream's
+    entries-added (the archived rows, so more than it holds) and
+    max-deleted-entry-id. A stream that holds entries is left as it is: they
+    may wait for the archiver.
     """
     for stream in keyspace.history_streams():
         try:
@@ -161,9 +165,9 @@ async def prepare_streams(redis: Any, keyspace: Keyspace, archived: dict[str, En
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        top = archived.get(stream)
-        if top is None:
+        if stream not in archived:
             continue
+        top, rows = archived[stream]
         info = await redis.xinfo_stream(stream)
         if int(info["length"]):
             continue
@@ -171,11 +175,13 @@ async def prepare_streams(redis: Any, keyspace: Keyspace, archived: dict[str, En
         ms, _, seq = last.partition("-")
         top = max(top, (int(ms), int(seq or 0)))
         await redis.zadd(GLOBAL.trimmed, {stream: top[0]}, gt=True)
+        added = max(rows, int(info.get("entries-added") or 0), 1)
         try:
             await redis.execute_command(
-                "XSETID", stream, format_id(top), "MAXDELETEDID", format_id(top)
-            )
-        except ResponseError:  # Redis 6.2: no MAXDELETEDID; the trim mark says it
+                "XSETID", stream, format_id(top), "ENTRIESADDED", added,
+                "MAXDELETEDID", format_id(top),
+            )  # fmt: skip
+        except ResponseError:  # Redis 6.2: no options; the trim mark says it
             await redis.execute_command("XSETID", stream, format_id(top))
         await redis.xgroup_setid(stream, GROUP, format_id(top))
 

@@ -166,7 +166,7 @@ async def restore(
             faults.reached("after_marker")
 
             say.step("reading the streams' unarchived entries")
-            await redis_state.prepare_streams(redis, keyspace, await history.archived_ids())
+            await redis_state.prepare_streams(redis, keyspace, await history.archived())
             snapshot = await history.stage_streams(redis, keyspace.history_streams())
             say.step("emptying Redis's state (streams kept)")
             await redis_state.wipe(redis, keyspace)

@@ -29,6 +29,7 @@ from litestar.testing import TestClient
 
 from segments_core.keys import GLOBAL, load_keyspace
 from segments_core.redis_client import connect
+from segments_core.retention import stream_bounds
 from segments_core.streams import group_state, last_generated_ids
 from segments_restore import redis_state
 from segments_restore import verify as verify_module
@@ -225,6 +226,21 @@ def state_dump(redis_url: str) -> dict[str, Any]:
     return asyncio.run(_state_dump(redis_url))
 
 
+async def _stale_feed_cursors_resume(redis_url: str, db: str) -> list[str]:
+    """Streams on which a change-feed cursor from before the loss would resume
+    (it must reset: what the stream held is gone from Redis)."""
+    with psycopg.connect(db) as conn:
+        archived = conn.execute(
+            "SELECT stream, last_entry_ms, last_entry_seq FROM archive_progress"
+        ).fetchall()
+    redis = await connect(redis_url)
+    try:
+        bounds = {b.stream: b for b in await stream_bounds(redis, [a[0] for a in archived])}
+    finally:
+        await redis.aclose()
+    return [s for s, ms, _ in archived if bounds[s].resumable_from((ms - 1, 0))]
+
+
 def set_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, db: str) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("DATABASE_URL", db)
@@ -356,6 +372,9 @@ def test_a_membership_expired_while_redis_was_gone_gets_its_ttl_removal_once(
 
     first = asyncio.run(restore(clean_redis_url, db, clock=clock))
     assert first.ttl_removals == 2
+    # The streams hold the new removals only: a feed cursor from before the
+    # loss must reset, not resume past what Redis lost.
+    assert asyncio.run(_stale_feed_cursors_resume(clean_redis_url, db)) == []
     again = asyncio.run(restore(clean_redis_url, db, clock=clock, replace=True))
     assert again.ttl_removals == 0  # the first run's removals are history now
 
