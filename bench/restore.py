@@ -21,7 +21,8 @@ What it does, all of it its own and removed at the end (``--keep`` keeps it):
    every 2 ms from another process;
 5. prints the figures: duration of each, the probe's worst round trip and
    99.9th percentile, the worst event of Redis's latency monitor and the
-   slowest command of its slow log.
+   slowest command of its slow log (and the same probe with nothing running,
+   for the machine's own noise).
 
 The restore and verify run as the ``segments`` command (no import of
 ``segments_restore``, which the bench, its sibling, may not import).
@@ -59,6 +60,7 @@ SEGMENTS = 40
 """Hand-made segments S00..S39; P0..P4 are percent segments besides."""
 PERCENT_SEGMENTS = 5
 PROBE_EVERY_S = 0.002
+IDLE_S = 15.0
 LATENCY_THRESHOLD_MS = 10
 
 
@@ -266,7 +268,11 @@ def _probe(url: str, stop: Any, out: Any) -> None:
 
 
 def timed_command(args: list[str], env: dict[str, str], redis_url: str) -> dict[str, Any]:
-    """Runs ``segments ARGS`` with a probe beside it; its time, exit code and latencies."""
+    """Runs ``segments ARGS`` with a probe beside it; its time, exit code and latencies.
+
+    With no ``args``, only the probe runs (for IDLE_S): what the machine's own
+    load does to a round trip, the baseline the other figures stand on.
+    """
     client = redis.Redis.from_url(redis_url)
     client.execute_command("LATENCY", "RESET")
     client.slowlog_reset()
@@ -277,12 +283,16 @@ def timed_command(args: list[str], env: dict[str, str], redis_url: str) -> dict[
     probe.start()
     time.sleep(0.2)
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "segments_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    if args:
+        proc = subprocess.run(
+            [sys.executable, "-m", "segments_cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    else:
+        time.sleep(IDLE_S)
+        proc = subprocess.CompletedProcess([], 0, "", "")
     seconds = time.monotonic() - started
     stop.set()
     rtts = sorted(out.get(timeout=30))
@@ -292,7 +302,7 @@ def timed_command(args: list[str], env: dict[str, str], redis_url: str) -> dict[
     stats = client.info("commandstats")
     client.close()
     return {
-        "command": "segments " + " ".join(args),
+        "command": "segments " + " ".join(args) if args else "(none: the probe alone)",
         "exit_code": proc.returncode,
         "seconds": round(seconds, 2),
         "stdout": proc.stdout.strip().splitlines()[-6:],
@@ -347,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             results = {
                 "users": args.users,
                 "history": counts,
+                "load_average": os.getloadavg(),
+                "idle": timed_command([], env, redis_url),
                 "restore": timed_command(["restore"], env, redis_url),
                 "verify": timed_command(["verify", "--limit", "20"], env, redis_url),
             }

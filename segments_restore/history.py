@@ -29,6 +29,8 @@ How the streams are read:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,18 +251,24 @@ class History:
         current: UserEvents | None = None
         async with self.conn.cursor(name="restore_replay") as cur:
             await cur.execute(_REPLAY)
-            while True:
-                rows = await cur.fetchmany(FETCH_ROWS)
-                if not rows:
-                    break
-                done: list[UserEvents] = []
-                for row in rows:  # (user_id, slug, add, reason, ts, deadline, entry_ms): an Event
-                    if current is None or row[0] != current.user_id:
-                        if current is not None:
-                            done.append(current)
-                        current = UserEvents(row[0], [])
-                    current.events.append(row)
-                if done:
-                    yield done
+            # The next rows travel while the caller works on these ones.
+            ahead = asyncio.ensure_future(cur.fetchmany(FETCH_ROWS))
+            try:
+                while rows := await ahead:
+                    ahead = asyncio.ensure_future(cur.fetchmany(FETCH_ROWS))
+                    done: list[UserEvents] = []
+                    for row in rows:  # (user_id, slug, add, reason, ts, deadline, entry_ms)
+                        if current is None or row[0] != current.user_id:
+                            if current is not None:
+                                done.append(current)
+                            current = UserEvents(row[0], [])
+                        current.events.append(row)
+                    if done:
+                        yield done
+            finally:
+                if not ahead.done():
+                    ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    await ahead
         if current is not None:
             yield [current]
