@@ -362,12 +362,12 @@ def test_another_writers_change_is_seen(live: LiveServer, writer: Client) -> Non
 def test_deadline_exact_when_cached(live: LiveServer, writer: Client) -> None:
     writer.create_segment("T")
     writer.create_segment("P")
-    writer.change(3, add=["P", AddItem("T", ttl_seconds=1)])
-    (deadline,) = [m.expires_at for m in writer.memberships(3) if m.slug == "T"]
-    assert deadline is not None
-    deadline_ns = round(deadline.timestamp() * 1000) * 1_000_000
     with Client(live.url, cache=True, timeout=10) as api:
         wait_until(lambda: api.stats().feed_connected, what="the feed")
+        writer.change(3, add=["P", AddItem("T", ttl_seconds=2)])
+        (deadline,) = [m.expires_at for m in writer.memberships(3) if m.slug == "T"]
+        assert deadline is not None
+        deadline_ns = round(deadline.timestamp() * 1000) * 1_000_000
         seen_before = hits_before = 0
         while True:
             started = time.time_ns()
