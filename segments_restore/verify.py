@@ -155,7 +155,7 @@ class Verifier:
 
     # -- users ----------------------------------------------------------------------------
 
-    async def _read(self, keys: ShardKeys, user_ids: list[int]) -> list[_Held]:
+    async def read(self, keys: ShardKeys, user_ids: list[int]) -> list[_Held]:
         """What Redis holds of these users of one shard: one bounded readUsers call."""
         reply = await READ_USERS(self.redis, [keys.users, keys.due], [keys.user_prefix, *user_ids])
         held = []
@@ -170,9 +170,8 @@ class Verifier:
             held.append(_Held(words[0] == "1", fields, due))
         return held
 
-    async def users_batch(self, shard: _Shard, batch: list[UserEvents]) -> None:
-        """Compares a batch of one shard's users that history names."""
-        held = await self._read(shard.keys, [u.user_id for u in batch])
+    def users_batch(self, shard: _Shard, batch: list[UserEvents], held: list[_Held]) -> None:
+        """Compares a batch of one shard's users that history names with what Redis holds."""
         for user, h in zip(batch, held, strict=True):
             uid = user.user_id
             self.users += 1
@@ -193,7 +192,7 @@ class Verifier:
             cursor, members = await self.redis.sscan(keys.users, cursor, count=SCAN_COUNT)
             others = [int(m) for m in members if not self.in_history(int(m))]
             for group in chunks(others, USERS_PER_CALL):
-                for uid, h in zip(group, await self._read(keys, group), strict=True):
+                for uid, h in zip(group, await self.read(keys, group), strict=True):
                     if h.fields:
                         self._compare_user(uid, {}, h)
                     else:
@@ -404,20 +403,27 @@ async def verify(
         v = Verifier(redis, keyspace, catalogue)
         say.step("comparing users", total)
         shard_state = [_Shard(k) for k in keyspace.shard_keys]
+        # Redis reads the next batch while this process compares the last one.
+        previous: list[tuple[_Shard, list[UserEvents], asyncio.Future[list[_Held]]]] = []
         async for batch in history.users():
             groups: dict[int, list[UserEvents]] = defaultdict(list)
             for user in batch:
                 v.seen.append(user.user_id)
                 groups[keyspace.shard_of(user.user_id)].append(user)
-            # One call per shard and few hundred users (one Cluster slot each), side by side.
-            await asyncio.gather(
-                *(
-                    v.users_batch(shard_state[shard], group)
-                    for shard, users in groups.items()
-                    for group in chunks(users, USERS_PER_CALL)
-                )
-            )
-            say.advance(sum(len(u.events) for u in batch))
+            # A call per shard and few hundred users (one Cluster slot each).
+            reads = [
+                (shard_state[shard], group, asyncio.ensure_future(
+                    v.read(shard_state[shard].keys, [u.user_id for u in group])))
+                for shard, users in groups.items()
+                for group in chunks(users, USERS_PER_CALL)
+            ]  # fmt: skip
+            for shard, group, read in previous:
+                v.users_batch(shard, group, await read)
+                say.advance(sum(len(u.events) for u in group))
+            previous = reads
+        for shard, group, read in previous:
+            v.users_batch(shard, group, await read)
+            say.advance(sum(len(u.events) for u in group))
         await history.end()
         say.step("looking for users only Redis knows, and each shard's catalogue")
         for shard in shard_state:
