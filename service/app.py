@@ -15,6 +15,7 @@ from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ServiceUnavailableException
+from litestar.exceptions.responses import ExceptionResponseContent
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
@@ -25,7 +26,7 @@ from swagger_ui_bundle import swagger_ui_path
 from segments_core.clock import Clock
 from segments_core.keys import load_keyspace
 from segments_core.redis_client import connect
-from service import hotpath, sweeper
+from service import hotpath, openapi, sweeper
 from service.api.changes import ROUTES as CHANGES_ROUTES
 from service.api.history import ROUTES as HISTORY_ROUTES
 from service.api.ops import OPS_ROUTES
@@ -50,6 +51,19 @@ def _error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]
     return Response(
         answer.body, status_code=answer.status, headers=answer.headers, media_type=MediaType.JSON
     )
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Litestar's own HTTP errors (400, 405, 413...), always in JSON: by default
+    a CSV or event-stream route labels the JSON body with its own media type."""
+    content = ExceptionResponseContent(
+        status_code=exc.status_code,
+        detail=exc.detail,
+        headers=exc.headers,
+        extra=exc.extra,
+        media_type=MediaType.JSON,
+    )
+    return content.to_response(request)
 
 
 class SegmentsApp(Litestar):
@@ -152,7 +166,7 @@ def create_app(
         return state.pg  # type: ignore[no-any-return]
 
     assets = swagger_ui_path
-    return SegmentsApp(
+    app = SegmentsApp(
         route_handlers=[
             SegmentController,
             UserController,
@@ -175,7 +189,11 @@ def create_app(
         # 500: every other exception, and Litestar's own 500s, logged with
         # their traceback by answer_for (through the "segments.api" logger,
         # where the request id is added) and answered in JSON.
-        exception_handlers={**dict.fromkeys(ANSWERED, _error), 500: _error},
+        exception_handlers={
+            **dict.fromkeys(ANSWERED, _error),
+            HTTPException: _http_error,
+            500: _error,
+        },
         lifespan=[lifespan],
         state=State({"settings": settings, "pg": None}),
         request_max_body_size=MAX_BODY_BYTES,
@@ -195,6 +213,8 @@ def create_app(
         ),
         debug=False,
     )
+    openapi.refine(app)  # the schema says exactly what is accepted (service/openapi.py)
+    return app
 
 
 __all__ = ["HTTPException", "create_app"]

@@ -8,7 +8,7 @@ apply.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -46,7 +46,7 @@ Percent = Annotated[
         # msgspec's own multiple_of check is exact arithmetic on doubles
         # (0.07 is no multiple of 0.01 there): the schema states the step,
         # rules.percent_x100 enforces it.
-        extra_json_schema={"extra": {"multipleOf": rules.PERCENT_STEP}},
+        extra_json_schema={"multipleOf": rules.PERCENT_STEP},
     ),
 ]
 TtlSeconds = Annotated[int, Meta(gt=0, le=rules.MAX_TTL_SECONDS)]
@@ -93,6 +93,14 @@ class UsersCreated(Struct, kw_only=True):
 
 
 class AddItem(Struct, kw_only=True, forbid_unknown_fields=True):
+    __schema_rules__: ClassVar[dict[str, Any]] = {
+        "not": {
+            "required": ["ttl_seconds", "expires_at"],
+            "properties": {"ttl_seconds": {"type": "integer"}, "expires_at": {"type": "string"}},
+        }
+    }
+    """What ``__post_init__`` enforces, for the OpenAPI schema (``service.openapi``)."""
+
     slug: Slug
     ttl_seconds: TtlSeconds | None = None
     expires_at: Annotated[datetime, Meta(tz=True)] | None = None
@@ -105,8 +113,14 @@ class AddItem(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ChangeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    add: Annotated[list[Slug | AddItem], Meta(max_length=1000)] = []
-    remove: Annotated[list[Slug], Meta(max_length=1000)] = []
+    # uniqueItems in the schema: the same slug twice is refused. (A slug in
+    # both lists is refused too; JSON Schema cannot say that one.)
+    add: Annotated[
+        list[Slug | AddItem], Meta(max_length=1000, extra_json_schema={"uniqueItems": True})
+    ] = []
+    remove: Annotated[
+        list[Slug], Meta(max_length=1000, extra_json_schema={"uniqueItems": True})
+    ] = []
 
     def __post_init__(self) -> None:
         added = [item if isinstance(item, str) else item.slug for item in self.add]

@@ -10,13 +10,18 @@ the framework):
   silently, so ``{"percent": 1, "percent": 100}`` would mean 100): a 400;
 - it is decoded once more in msgspec's strict mode against the handler's
   own ``data`` type: Litestar converts bodies in lax mode, where ``"10"`` is
-  taken for a number, and a wrong type is a client error (400).
+  taken for a number, and a wrong type is a client error (400). A whole
+  number written with a fraction or an exponent (``5.0``, ``5e0``) is the
+  integer it equals, as JSON Schema says, when a float holds it exactly
+  (up to 2^53); a larger one is a 400, since the number the client meant
+  could be another (``9007199254740993.0`` reads as ...992).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -65,6 +70,42 @@ def duplicate_keys(body: bytes) -> list[str]:
     return []
 
 
+EXACT_INTEGERS = 2**53
+"""Every whole number up to this is held exactly by a float."""
+
+
+def _whole(text: str) -> int | float:
+    value = Decimal(text)
+    if value == value.to_integral_value() and abs(value) <= EXACT_INTEGERS:
+        return int(value)
+    return float(text)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _with_whole_numbers(body: bytes) -> bytes | None:
+    """The body with each whole number written as a float (``5.0``) written as
+    an integer; None when there is none (or the body is no JSON)."""
+    if b"." not in body and b"e" not in body and b"E" not in body:
+        return None
+    try:
+        value = json.loads(body, parse_float=_whole, parse_constant=_refuse_constant)
+    except ValueError:
+        return None
+    rewritten = msgspec.json.encode(value)
+    return None if rewritten == body else rewritten
+
+
+def _decodes(body: bytes, annotation: Any) -> bool:
+    try:
+        msgspec.json.decode(body, type=annotation, strict=True)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
 async def strict_body(request: Request[Any, Any, Any]) -> None:
     data = request.route_handler.parsed_fn_signature.parameters.get("data")
     if data is None:
@@ -81,6 +122,8 @@ async def strict_body(request: Request[Any, Any, Any]) -> None:
     try:
         msgspec.json.decode(body, type=data.annotation, strict=True)
     except msgspec.ValidationError as exc:
-        raise ValidationException(f"invalid request body: {exc}") from None
+        whole = _with_whole_numbers(body)
+        if whole is None or not _decodes(whole, data.annotation):
+            raise ValidationException(f"invalid request body: {exc}") from None
     except msgspec.DecodeError:
         return  # malformed JSON: Litestar's own decoding answers it

@@ -610,3 +610,74 @@ async def test_the_archiver_creates_its_group_again_after_redis_lost_its_data(
         assert not set(second) & set(first)
         await wait_for(lambda: set(second) <= set(archived(db)), what="an event after the loss")
     assert any("creating it again" in rec.getMessage() for rec in caplog.records)
+
+
+# --- JSON numbers -------------------------------------------------------------------
+
+
+def test_whole_numbers_written_as_floats_are_the_integers_they_equal(client: Any) -> None:
+    """JSON Schema's integer holds 5.0 and 5e0: as long as a float holds the
+    number exactly, it is that integer (beyond 2^53 it may be another: 400)."""
+    ok(client.post("/api/v1/segments", json={"slug": "A"}), 201)
+    raw = [
+        ("/api/v1/users", b'{"user_ids": [100.0, 1e2, 7]}', 200),
+        ("/api/v1/users/lookup", b'{"user_ids": [5.0, 6]}', 200),
+        ("/api/v1/users/5/segments", b'{"add": [{"slug": "A", "ttl_seconds": 6e1}]}', 200),
+        ("/api/v1/users/lookup", b'{"user_ids": [9007199254740993.0]}', 400),
+        ("/api/v1/users/lookup", b'{"user_ids": [5.5]}', 400),
+        ("/api/v1/users/lookup", b'{"user_ids": ["5"]}', 400),
+        ("/api/v1/users/5/segments", b'{"add": [{"slug": "A", "ttl_seconds": 0.5}]}', 400),
+    ]
+    for path, body, status in raw:
+        response = client.post(path, content=body, headers=JSON)
+        assert response.status_code == status, (body, response.text)
+    looked_up = client.post("/api/v1/users/lookup", content=b'{"user_ids": [5.0]}', headers=JSON)
+    assert looked_up.json()["users"] == [{"user_id": 5, "segments": ["A"]}]
+
+
+def test_an_error_of_a_streaming_route_is_json(client: Any) -> None:
+    response = client.get("/api/v1/changes", params={"segment": "bad slug"})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["status_code"] == 400
+
+
+# --- the schema says what is accepted ------------------------------------------------
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_the_schema_states_the_constraints_the_service_enforces(client: Any) -> None:
+    schema = ok(client.get("/schema/openapi.json")).json()
+    components = schema["components"]["schemas"]
+    for name in ("SegmentCreate", "SegmentPatch", "UsersCreate", "LookupRequest",
+                 "ChangeRequest", "AddItem"):  # fmt: skip
+        assert components[name]["additionalProperties"] is False, name
+    ids = components["UsersCreate"]["properties"]["user_ids"]
+    assert (ids["minItems"], ids["maxItems"]) == (1, 10_000)
+    assert (ids["items"]["minimum"], ids["items"]["maximum"]) == (1, 2**63 - 1)
+    lookup = components["LookupRequest"]["properties"]["user_ids"]
+    assert (lookup["minItems"], lookup["maxItems"]) == (1, 1000)
+    (percent, _) = components["SegmentCreate"]["properties"]["percent"]["anyOf"]
+    bounds = (percent["exclusiveMinimum"], percent["maximum"], percent["multipleOf"])
+    assert bounds == (0, 100, 0.01)
+    assert "not" in components["AddItem"]  # ttl_seconds or expires_at, not both
+    assert not any("oneOf" in node for node in _walk(schema["paths"]))  # ?expand: anyOf
+    report = schema["paths"]["/api/v1/history/report"]["get"]["parameters"]
+    by_name = {p["name"]: p["schema"] for p in report}
+    assert by_name["period"]["pattern"].startswith("^(?:(?:19[7-9][0-9]|[2-9][0-9]{3})")
+    assert by_name["user_id"] == {**by_name["user_id"], "type": "integer", "maximum": 2**63 - 1}
+    path_id = schema["paths"]["/api/v1/users/{user_id}/segments"]["get"]["parameters"][0]
+    assert path_id["schema"]["type"] == "integer" and path_id["schema"]["minimum"] == 1
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if "requestBody" in operation:
+                assert "415" in operation["responses"], (method, path)

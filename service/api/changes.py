@@ -17,8 +17,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
 
+from segments_core import rules
+from service.api.params import optional_user_id
 from service.feed import EventFilter, FeedHub, FeedSession, resume_point
-from service.models import MAX_USER_ID, SLUG_PATTERN, ErrorBody
+from service.models import SLUG_PATTERN, ErrorBody
 
 CHANGES_PATH = "/api/v1/changes"
 
@@ -63,12 +65,11 @@ async def changes(
         ),
     ] = None,
     user_id: Annotated[
-        int | None,
+        str | None,
         QueryParameter(
             required=False,
-            ge=1,
-            le=MAX_USER_ID,
             description="Only this user's membership events (no segment events)",
+            schema_extra=rules.USER_ID_SCHEMA,
         ),
     ] = None,
 ) -> Stream:
@@ -76,7 +77,7 @@ async def changes(
         raise ServiceUnavailableException(
             detail="change feed unavailable, retry shortly", headers={"Retry-After": "1"}
         )
-    event_filter = EventFilter(segment=segment, user_id=user_id)
+    event_filter = EventFilter(segment=segment, user_id=optional_user_id(user_id))
     resume = await resume_point(feed, event_filter, last_event_id)
     return Stream(
         FeedSession(feed, event_filter, resume).blocks(),

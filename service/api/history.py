@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from segments_core import rules
 from service import metrics
+from service.api.params import QueryUserId
 from service.models import ErrorBody
 from service.reports import (
     ArchiverBehind,
@@ -63,12 +64,6 @@ Period = Annotated[
         pattern=rules.PERIOD_PATTERN, description="UTC month, YYYY-MM (1970-01 .. 9999-12)"
     ),
 ]
-UserIdFilter = Annotated[
-    # Text, read by the one rule (segments_core.rules.parse_user_id): the
-    # framework's integer conversion would take "1e3" for 1000.
-    str | None,
-    QueryParameter(description="Only this user's events", schema_extra=rules.USER_ID_SCHEMA),
-]
 
 
 @get(
@@ -93,7 +88,7 @@ async def report_link(
     redis: NamedDependency[Any],
     store: NamedDependency[Store],
     period: Period,
-    user_id: UserIdFilter = None,
+    user_id: QueryUserId = None,
     segment: Annotated[
         str | None,
         QueryParameter(pattern=rules.SLUG_PATTERN, description="Only this segment's events"),

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
 
 from segments_core import rules
 from segments_core.clock import to_datetime
-from service.errors import InvalidRequest
+from service.api.params import PathUserId, user_id_of
 from service.models import (
     ChangeRequest,
     ErrorBody,
@@ -24,23 +21,6 @@ from service.models import (
     UserSegmentsExpanded,
 )
 from service.store import AddItem, Membership, Store
-
-PathUserId = Annotated[
-    # Text, read by the one rule (segments_core.rules.parse_user_id): the
-    # framework's integer conversion would take "1e3" for 1000 and "1.0" for 1.
-    str,
-    Parameter(description="User id, 1 .. 2^63-1", schema_extra=rules.USER_ID_SCHEMA),
-]
-
-
-def user_id_of(text: str) -> int:
-    """A path's user id; 400 unless it is one, in plain decimal."""
-    user_id = rules.parse_user_id(text)
-    if user_id is None:
-        raise InvalidRequest(
-            "user_id must be an integer from 1 to 2^63-1, in plain decimal", {"user_id": text}
-        )
-    return user_id
 
 
 def expanded(user_id: int, memberships: list[Membership]) -> UserSegmentsExpanded:
