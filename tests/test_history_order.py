@@ -24,15 +24,13 @@ from litestar.testing import TestClient
 
 from segments_core.redis_client import connect
 from service.api.users import apply_change
-from service.app import create_app
 from service.errors import ScriptArgumentError
 from service.models import AddItem as AddBody
 from service.models import ChangeRequest
 from service.scripts import NOW, load_scripts
-from service.settings import Settings
 from service.store import AddItem, Store
 from tests.support import for_user
-from tests.support.history import archiver_in_thread, prepare_database
+from tests.support.history import app_with_archiver
 
 KEY = b"history-order-signing-key-0123"
 HOUR_MS = 3_600_000
@@ -179,11 +177,7 @@ def _toggle(redis_url: str, writer: int, start: threading.Barrier) -> None:
 
 @pytest.fixture
 def history_app(clean_redis_url: str, pg_url: str) -> Iterator[TestClient[Any]]:
-    db = prepare_database(pg_url)
-    settings = Settings(
-        redis_url=clean_redis_url, database_url=db, signing_key=KEY, sweep_interval_s=3600
-    )
-    with archiver_in_thread(clean_redis_url, db), TestClient(create_app(settings)) as client:
+    with app_with_archiver(clean_redis_url, pg_url, KEY) as client:
         yield client
 
 

@@ -39,9 +39,8 @@ from tests.support import for_user
 from tests.support.history import (
     Event,
     add_events,
+    app_with_archiver,
     archived,
-    archiver_in_thread,
-    prepare_database,
     running_archiver,
     wait_for,
 )
@@ -274,11 +273,7 @@ def test_a_500_inside_the_framework_is_logged_with_its_traceback(
 
 @pytest.fixture
 def history(clean_redis_url: str, pg_url: str) -> Iterator[TestClient[Any]]:
-    db = prepare_database(pg_url)
-    settings = Settings(
-        redis_url=clean_redis_url, database_url=db, signing_key=KEY, sweep_interval_s=3600
-    )
-    with archiver_in_thread(clean_redis_url, db), TestClient(create_app(settings)) as client:
+    with app_with_archiver(clean_redis_url, pg_url, KEY) as client:
         yield client
 
 

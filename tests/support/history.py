@@ -146,6 +146,24 @@ def archiver_in_thread(
         raise failure[0]
 
 
+@contextlib.contextmanager
+def app_with_archiver(redis_url: str, database_url: str, signing_key: bytes) -> Iterator[Any]:
+    """A test client of the real application as production builds it (no test
+    clock: the scripts read Redis's), on a migrated and emptied history
+    database, with an archiver running: for tests that download reports."""
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    db = prepare_database(database_url)
+    settings = Settings(
+        redis_url=redis_url, database_url=db, signing_key=signing_key, sweep_interval_s=3600
+    )
+    with archiver_in_thread(redis_url, db), TestClient(create_app(settings)) as client:
+        yield client
+
+
 def spawn_archiver(
     redis_url: str,
     database_url: str,
