@@ -69,6 +69,9 @@ from segments_restore.replay import BY_PERCENT, REMOVED_BY_HAND, deadline_of, is
 from segments_restore.scripts import READ_USERS
 
 KINDS = ("missing", "extra", "deadline", "marker", "segment")
+READS_IN_FLIGHT = 4
+"""readUsers calls sent at once: a client of Redis waits behind at most these
+(about 1 ms each), whatever the number of shards."""
 EXIT_DIFFERENT = 1
 EXIT_CANNOT = 3
 """A restore is in progress (or was interrupted): nothing to compare yet."""
@@ -141,6 +144,7 @@ class Verifier:
         self.known_only_in_history = 0
         self.memberships = 0
         self.users = 0
+        self._gate = asyncio.Semaphore(READS_IN_FLIGHT)
         self.seen = array("q")
         """Every user id history names, ascending (they come by id): 8 bytes a user."""
 
@@ -157,7 +161,10 @@ class Verifier:
 
     async def read(self, keys: ShardKeys, user_ids: list[int]) -> list[_Held]:
         """What Redis holds of these users of one shard: one bounded readUsers call."""
-        reply = await READ_USERS(self.redis, [keys.users, keys.due], [keys.user_prefix, *user_ids])
+        async with self._gate:
+            reply = await READ_USERS(
+                self.redis, [keys.users, keys.due], [keys.user_prefix, *user_ids]
+            )
         held = []
         for line in _t(reply).split("\n"):
             words = line.split(" ")
