@@ -12,6 +12,7 @@ what it was, and ``segments verify`` must find no difference.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -34,14 +35,18 @@ from segments_core.streams import group_state, last_generated_ids
 from segments_restore import redis_state
 from segments_restore import verify as verify_module
 from segments_restore.catalogue import Catalogue, LifecycleEvent
+from segments_restore.history import History
+from segments_restore.progress import Reporter
 from segments_restore.redis_state import RestoreError
 from segments_restore.replay import Event, replay_user, settle
 from segments_restore.restore import EXIT_REFUSED, restore
 from segments_restore.restore import main as restore_main
 from segments_restore.shards import infer
+from segments_restore.verify import verify
 from service.app import create_app
 from service.bucket import in_cohort
 from service.settings import Settings
+from service.store import AddItem, Store
 from tests.conftest import ManualClock
 from tests.support.cluster import flush
 from tests.support.history import archiver_in_thread
@@ -528,3 +533,43 @@ def test_restore_is_refused_while_another_one_holds_the_lock(
 
     with pytest.raises(RestoreError, match="another restore"):
         asyncio.run(attempt())
+
+
+def test_verify_sets_aside_a_user_changed_while_it_runs(
+    clean_redis_url: str, db: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with service(clean_redis_url, db, clock) as c:
+        ok(c.post("/api/v1/segments", json={"slug": "A"}), 201)
+        ok(c.post("/api/v1/users/1/segments", json={"add": ["A"]}))
+        wait_archived(clean_redis_url)
+
+    begin = History.begin
+
+    async def begin_then_change(self: History) -> None:
+        """The snapshot is taken; the service changes a user right after."""
+        await begin(self)
+        redis = await connect(clean_redis_url)
+        try:
+            store = Store(redis, clock=clock, keyspace=await load_keyspace(redis))
+            await store.change_user_segments(2, [AddItem("A", 0)], [])
+        finally:
+            await redis.aclose()
+
+    monkeypatch.setattr(History, "begin", begin_then_change)
+    report = asyncio.run(verify(clean_redis_url, db))
+    assert report.same, report.differences
+    # User 2's new membership and the member count of A in its shard: set aside.
+    assert report.changed_meanwhile == 2
+
+    monkeypatch.setattr(History, "begin", begin)  # the next run sees it in history
+    report = asyncio.run(verify(clean_redis_url, db))
+    assert report.same and report.changed_meanwhile == 0
+
+
+def test_progress_off_a_terminal_is_plain_lines() -> None:
+    out = io.StringIO()
+    with Reporter(out) as reporter:  # a StringIO is no terminal: no bar
+        reporter.step("replaying membership events", 1_000)
+        reporter.advance(10)
+        reporter.say("done")
+    assert out.getvalue().splitlines() == ["replaying membership events (1,000) ...", "done"]
