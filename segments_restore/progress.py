@@ -62,7 +62,15 @@ class Reporter:
         traceback: TracebackType | None,
     ) -> None:
         if self._progress is not None:
+            if kind is None:
+                self._finish_step()
             self._progress.stop()
+
+    def _finish_step(self) -> None:
+        """The bar of the step before shows it done (a step without a total pulses till then)."""
+        if self._progress is not None and self._task is not None:
+            done = self._progress.tasks[-1].completed
+            self._progress.update(self._task, total=max(done, 1), completed=max(done, 1))  # type: ignore[arg-type]
 
     def say(self, message: str) -> None:
         if self._progress is not None:
@@ -71,6 +79,7 @@ class Reporter:
             print(message, file=self.stream, flush=True)
 
     def step(self, name: str, total: int | None = None) -> None:
+        self._finish_step()
         self._name, self._total, self._done = name, total or 0, 0
         self._started = self._last = time.monotonic()
         if self._progress is not None:
