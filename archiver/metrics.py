@@ -1,8 +1,10 @@
 """Prometheus metrics of the archiver.
 
-They live in prometheus_client's default registry, so the API's ``/metrics``
-shows them when the archiver runs in the same process (``segments dev``); a
-standalone archiver serves them itself on ``SEGMENTS_ARCHIVER_METRICS_PORT``.
+A standalone archiver serves them itself on ``SEGMENTS_ARCHIVER_METRICS_PORT``.
+Under ``segments dev`` it shares the API's metrics folder
+(``PROMETHEUS_MULTIPROC_DIR``, ``segments_core.metrics_dir``), so the API's
+``/metrics`` shows them too. The lag per stream is the API's to report (read
+from Redis at each scrape), whichever archiver runs.
 """
 
 from __future__ import annotations

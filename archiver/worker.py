@@ -40,6 +40,7 @@ from archiver.config import ArchiverConfig
 from archiver.events import EntryError, Row, lifecycle_row, membership_row, now_ms
 from archiver.writer import HistoryWriter, Kind, WriteResult, check_database, open_pool
 from segments_core import config as core_config
+from segments_core import logging as logs
 from segments_core import retention
 from segments_core.keys import GLOBAL, Keyspace, dead_letter_key, load_keyspace
 from segments_core.redis_client import connect
@@ -499,9 +500,7 @@ async def _main(redis_url: str, database_url: str, config: ArchiverConfig) -> No
 def main() -> int:
     """Entry point of ``segments archiver`` (and ``python -m archiver``)."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logs.configure(logs.log_format())  # SEGMENTS_LOG_FORMAT: text or json
     redis_url, database_url = core_config.redis_url(), core_config.database_url()
     config = config_module.load()
     if redis_url is None or database_url is None:

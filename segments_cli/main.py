@@ -94,6 +94,12 @@ def _require(value: str | None, name: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_module.load()  # a bad value stops here, before any worker starts
     _require(settings.redis_url, "REDIS_URL")
+    from segments_core import logging as logs
+    from segments_core import metrics_dir
+
+    # Before prometheus_client is imported anywhere: the workers inherit it.
+    metrics_dir.prepare()
+    logs.configure(settings.log_format, args.log_level)
     import uvicorn
 
     uvicorn.run(
@@ -110,6 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Off by default: report links carry their signature in the query string.
         access_log=args.access_log,
         log_level=args.log_level,
+        # Every line, uvicorn's too, in SEGMENTS_LOG_FORMAT with request ids.
+        log_config=logs.uvicorn_log_config(settings.log_format, args.log_level),
         server_header=False,
         timeout_graceful_shutdown=10,
     )

@@ -8,8 +8,10 @@ then runs ``segments archiver`` and ``segments serve`` as child processes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from archiver.migrate import migrate_and_report
+from archiver.migrate import migrate
+from segments_core import logging as logs
+from segments_core import metrics_dir
 from service import settings as settings_module
 from service.settings import ConfigError
 
@@ -38,8 +42,11 @@ class _Stop(Exception):
     """Raised by the SIGINT/SIGTERM handler of ``segments dev``."""
 
 
-def _say(message: str) -> None:
-    print(f"segments: {message}", file=sys.stderr, flush=True)
+log = logging.getLogger("segments.dev")
+
+
+def _say(message: str, level: int = logging.INFO) -> None:
+    log.log(level, message)
 
 
 
@@ -143,12 +150,16 @@ def run(host: str, port: int, access_log: bool) -> int:
     )
 
     settings = settings_module.load()
+    logs.configure(settings.log_format)
     if not port_is_free(port, host):
-        _say(f"port {port} on {host} is in use; choose another with --port")
+        _say(f"port {port} on {host} is in use; choose another with --port", logging.ERROR)
         return 1
     data_dir = settings.data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, SEGMENTS_DATA_DIR=str(data_dir))
+    # One metrics folder for the API and the archiver: the API's /metrics shows both.
+    metrics_folder = metrics_dir.prepare(env, remove_at_exit=False)
+    owns_metrics_folder = not os.environ.get(metrics_dir.ENV)
     servers: list[EmbeddedRedis | EmbeddedPostgres] = []
     children: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -173,9 +184,10 @@ def run(host: str, port: int, access_log: bool) -> int:
         if settings.signing_key is None:
             env["SEGMENTS_SIGNING_KEY"] = dev_signing_key(data_dir)
         settings_module.load(env)  # what the children will see
-        migrate_and_report(env["DATABASE_URL"])
+        for name in migrate(env["DATABASE_URL"]):
+            _say(f"applied migration {name}")
 
-        children["archiver"] = _spawn(["archiver"], env)
+        # The API first: `segments serve` empties the metrics folder as it starts.
         children["API"] = _spawn(
             ["serve", "--host", host, "--port", str(port), "--workers", "1"]
             + (["--access-log"] if access_log else []),
@@ -183,8 +195,12 @@ def run(host: str, port: int, access_log: bool) -> int:
         )
         base = _http_base(host, port)
         _wait_ready(f"{base}/healthz", children)
-        print(f"\nSegments is running. Swagger UI: {base}/schema/swagger", flush=True)
-        print("Press Ctrl-C to stop.\n", flush=True)
+        children["archiver"] = _spawn(["archiver"], env)
+        swagger = f"Segments is running. Swagger UI: {base}/schema/swagger"
+        if settings.log_format == logs.JSON:
+            _say(swagger + " (Ctrl-C stops it)")
+        else:
+            print(f"\n{swagger}\nPress Ctrl-C to stop.\n", flush=True)
         while True:
             for name, proc in children.items():
                 if proc.poll() is not None:
@@ -193,7 +209,7 @@ def run(host: str, port: int, access_log: bool) -> int:
     except _Stop:
         _say("stopping")
     except (RuntimeError, EmbeddedError, OSError, ImportError, psycopg.Error) as exc:
-        _say(f"error: {exc}")
+        _say(f"error: {exc}", logging.ERROR)
         code = 1
     finally:
         # no interruption while stopping; every step below is bounded in time
@@ -204,7 +220,9 @@ def run(host: str, port: int, access_log: bool) -> int:
             try:
                 server.stop()
             except Exception as exc:  # keep stopping the others
-                _say(f"error stopping embedded {server.name}: {exc}")
+                _say(f"error stopping embedded {server.name}: {exc}", logging.ERROR)
+        if owns_metrics_folder:
+            shutil.rmtree(metrics_folder, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if code == 0:

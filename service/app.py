@@ -25,8 +25,9 @@ from swagger_ui_bundle import swagger_ui_path
 
 from segments_core.clock import Clock
 from segments_core.keys import load_keyspace
+from segments_core.logging import register_secret
 from segments_core.redis_client import connect
-from service import hotpath, openapi, sweeper
+from service import hotpath, metrics, observe, openapi, sweeper
 from service.api.changes import ROUTES as CHANGES_ROUTES
 from service.api.history import ROUTES as HISTORY_ROUTES
 from service.api.ops import OPS_ROUTES
@@ -67,17 +68,28 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 
 class SegmentsApp(Litestar):
-    """Litestar, with the lookup hot path answered before routing (service.hotpath)."""
+    """Litestar, with the lookup hot path answered before routing (service.hotpath),
+    and every HTTP request observed (id, metrics, 500s: service.observe)."""
+
+    observer = observe.Observer()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
+        if scope["type"] == "http":
+            await self.observer(self._answer, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _answer(self, scope: Any, receive: Any, send: Any) -> str:
+        """Answers an HTTP request; returns its route's template."""
+        if scope["method"] == "HEAD":
             scope, send = head_as_get(scope, send)  # a GET without its body
         fast = getattr(self.state, "hot_path", None)
-        if fast is not None and scope["type"] == "http":
+        if fast is not None:
             receive = await fast.handle(scope, receive, send)
             if receive is None:
-                return
+                return metrics.HOT_ROUTE
         await super().__call__(scope, receive, send)
+        return scope.get("path_template") or metrics.UNMATCHED
 
 
 def create_app(
@@ -95,6 +107,9 @@ def create_app(
         # `segments dev` keeps a key in its data folder. Say so once.
         log.warning("SEGMENTS_SIGNING_KEY is not set: report links are signed with a random key")
         settings = msgspec.structs.replace(settings, signing_key=secrets.token_bytes(32))
+    for secret in (settings.signing_key, *settings.read_tokens):
+        register_secret(secret)  # never in a log line
+    metrics.REQUESTS.enabled = settings.request_metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -194,6 +209,10 @@ def create_app(
             HTTPException: _http_error,
             500: _error,
         },
+        after_exception=[observe.remember_exception],
+        # Logging is set up by the process (segments_core.logging), not by Litestar,
+        # whose default would replace the root handler and its format.
+        logging_config=None,
         lifespan=[lifespan],
         state=State({"settings": settings, "pg": None}),
         request_max_body_size=MAX_BODY_BYTES,

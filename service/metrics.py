@@ -1,44 +1,150 @@
-"""Prometheus metrics, gathered when scraped (nothing on the request path)."""
+"""Prometheus metrics of the API.
+
+Three kinds:
+
+- **Per request** (:data:`REQUESTS`): request count by method, route template
+  and status, request duration by method and route, Lua script calls by
+  script. Recorded on every request, the hot path included, at a
+  microsecond or so: ``service.request_metrics``.
+- **Events** (counters of ``prometheus_client``): script errors, Redis errors
+  by kind, sweeper removals, report links; the archiver's own
+  (``archiver.metrics``). Rare, so the library's own classes.
+- **State** (:func:`render`): segments, known users, stream lengths, archiver
+  lag per stream, read from Redis when scraped.
+
+Across worker processes: ``segments serve`` (and ``segments dev``) point
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before uvicorn starts its
+workers (``segments_core.metrics_dir``). Every process writes its numbers
+there (the events in prometheus_client's multiprocess mode), and a scrape,
+whichever worker answers it, adds up every process's files: the same totals
+from any worker. Without that variable (an app in a test: one process) the
+per-request files live in a private folder and the events in the default
+registry.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from segments_core import unavailable
 from segments_core.keys import GLOBAL
-from segments_core.streams import AnyRedis, archiver_lag
-from service.store import Store
+from segments_core.streams import archiver_lag
+from service.request_metrics import Recorder, RequestsCollector
+
+if TYPE_CHECKING:
+    from service.store import Store
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+HOT_ROUTE = "/api/v1/users/{user_id}/segments"
+"""The route template of the two requests ``service.hotpath`` answers."""
+UNMATCHED = "unmatched"
+"""The route label of a request no route matched (404, 405): one value, so
+random paths cannot grow the number of series."""
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-async def render_metrics(store: Store) -> tuple[bytes, str]:
-    registry = CollectorRegistry()
-    segments = Gauge("segments_segments", "Segments in the catalogue", registry=registry)
-    known = Gauge("segments_known_users", "Known users", registry=registry)
-    stream = Gauge(
-        "segments_history_stream_length", "History events in Redis streams", registry=registry
-    )
-    due = Gauge("segments_memberships_with_deadline", "Memberships with a deadline",
-                registry=registry)
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.hlen(GLOBAL.segments)
-    pipe.xlen(GLOBAL.events)
-    for k in store.keyspace.shard_keys:
-        pipe.scard(k.users)
-        pipe.xlen(k.events)
-        pipe.zcard(k.due)
-    replies = await pipe.execute()
-    segments.set(replies[0])
-    stream.set(replies[1] + sum(replies[3::3]))
-    known.set(sum(replies[2::3]))
-    due.set(sum(replies[4::3]))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+class RequestMetrics:
+    """Per-request recording of this process (``service.request_metrics``), opened
+    on first use in the metrics folder (or a private one), anew after a fork."""
 
+    def __init__(self) -> None:
+        self.enabled = True
+        """False: nothing is recorded (SEGMENTS_REQUEST_METRICS=false, to measure the cost)."""
+        self._recorder: Recorder | None = None
+        self._dir: str | None = None
+
+    @property
+    def directory(self) -> str:
+        if self._dir is None:
+            self._dir = os.environ.get(MULTIPROC_ENV) or _private_dir()
+        return self._dir
+
+    @property
+    def recorder(self) -> Recorder:
+        if self._recorder is None:
+            self._recorder = Recorder(self.directory)
+        return self._recorder
+
+    def reset(self) -> None:
+        """Forget the files (a forked child opens its own)."""
+        self._recorder = None
+        self._dir = None
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One answered request (route: its template, :data:`HOT_ROUTE` or :data:`UNMATCHED`)."""
+        if self.enabled:
+            recorder = self._recorder or self.recorder
+            recorder.request(method if method in _METHODS else "OTHER", route, status, seconds)
+
+    def script_calls(self, script: str, calls: int = 1) -> None:
+        """``calls`` calls of one Lua script (a pipelined lookup makes many at once)."""
+        if self.enabled:
+            (self._recorder or self.recorder).script_calls(script, calls)
+
+
+_private: str | None = None
+
+
+def _private_dir() -> str:
+    """This process's own folder for the per-request files (no multiprocess folder set)."""
+    global _private
+    if _private is None:
+        _private = tempfile.mkdtemp(prefix="segments-metrics-")
+        atexit.register(shutil.rmtree, _private, True)
+    return _private
+
+
+REQUESTS = RequestMetrics()
+
+
+def _after_fork() -> None:
+    global _private
+    _private = None
+    REQUESTS.reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+SCRIPT_ERRORS = Counter(
+    "segments_lua_script_errors",
+    "Lua script calls that failed, by script and kind (see segments_redis_errors_total).",
+    ["script", "kind"],
+)
+REDIS_ERRORS = Counter(
+    "segments_redis_errors",
+    "Redis calls of the API that failed, by kind: connection, timeout, cluster, an error"
+    " code of Redis (LOADING, BUSY, READONLY, MOVED, TRYAGAIN, ...) or response (any other).",
+    ["kind"],
+)
+SWEEPER_EXPIRED = Counter(
+    "segments_sweeper_expired",
+    "Memberships removed by the background sweeper because their deadline passed.",
+)
 
 REPORT_LINKS = Counter(
     "segments_report_links_total",
@@ -57,21 +163,113 @@ REPORT_DOWNLOADS = Counter(
 )
 REPORT_BYTES = Counter("segments_report_bytes_total", "CSV bytes streamed.")
 
-LAG_SECONDS = Gauge(
-    "segments_archiver_lag_seconds",
-    "Age of the oldest entry not yet archived, per stream.",
-    ["stream"],
-)
-PENDING = Gauge(
-    "segments_archiver_pending",
-    "Entries delivered to an archiver and not yet acknowledged, per stream.",
-    ["stream"],
-)
+_COUNTED = "segments_counted"
+"""Attribute set on an exception already counted in REDIS_ERRORS (by the script
+layer), so the request's exception hook does not count it again."""
 
 
-async def refresh_lag(redis: AnyRedis, streams: list[str]) -> None:
-    """Update the lag gauges from Redis; await it in ``/metrics`` before rendering."""
-    lag = await archiver_lag(redis, streams)
+def error_kind(exc: BaseException) -> str:
+    """A short, bounded name for a Redis failure (a label value)."""
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, RedisConnectionError | ConnectionError):
+        return "connection"
+    if isinstance(exc, ResponseError):
+        code = unavailable.error_code(exc)
+        if code and code.isalpha() and code.isupper() and len(code) <= 16:
+            return code
+        return "response"
+    if isinstance(exc, RedisClusterException):
+        return "cluster"
+    return "other"
+
+
+def redis_error(exc: BaseException, script: str | None = None) -> None:
+    """Count a failed Redis call once (and against its script, when it ran one)."""
+    if getattr(exc, _COUNTED, False):
+        return
+    kind = error_kind(exc)
+    REDIS_ERRORS.labels(kind).inc()
+    if script is not None:
+        SCRIPT_ERRORS.labels(script, kind).inc()
+    with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+        setattr(exc, _COUNTED, True)
+
+
+# -- scrape ---------------------------------------------------------------------------------
+
+
+class _Families(Collector):
+    """Ready-made metric families (read from Redis for this scrape) as a collector.
+
+    Families, not ``Gauge`` objects: in multiprocess mode those would be
+    written to the shared folder, and every process's old values read back."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+async def _state(store: Store) -> bytes:
+    """Gauges read from Redis now: the same whichever process is asked."""
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hlen(GLOBAL.segments)
+    pipe.xlen(GLOBAL.events)
+    for k in store.keyspace.shard_keys:
+        pipe.scard(k.users)
+        pipe.xlen(k.events)
+        pipe.zcard(k.due)
+    replies = await pipe.execute()
+    lag = await archiver_lag(store.redis, store.keyspace.history_streams())
+    lag_seconds = GaugeMetricFamily(
+        "segments_archiver_lag_seconds",
+        "Age of the oldest entry not yet archived, per stream (0: none waits).",
+        labels=["stream"],
+    )
+    pending = GaugeMetricFamily(
+        "segments_archiver_pending",
+        "Entries delivered to an archiver and not yet acknowledged, per stream.",
+        labels=["stream"],
+    )
     for s in lag.streams:
-        LAG_SECONDS.labels(s.stream).set(s.lag_s)
-        PENDING.labels(s.stream).set(s.pending)
+        lag_seconds.add_metric([s.stream], s.lag_s)
+        pending.add_metric([s.stream], s.pending)
+    families = [
+        GaugeMetricFamily("segments_segments", "Segments in the catalogue", value=replies[0]),
+        GaugeMetricFamily(
+            "segments_known_users", "Known users", value=sum(replies[2::3])
+        ),
+        GaugeMetricFamily(
+            "segments_history_stream_length",
+            "History events in Redis streams",
+            value=replies[1] + sum(replies[3::3]),
+        ),
+        GaugeMetricFamily(
+            "segments_memberships_with_deadline",
+            "Memberships with a deadline",
+            value=sum(replies[4::3]),
+        ),
+        lag_seconds,
+        pending,
+    ]
+    registry = CollectorRegistry()
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+def recorded() -> bytes:
+    """Every process's per-request and event metrics (see the module's docstring)."""
+    registry = CollectorRegistry()
+    registry.register(RequestsCollector(REQUESTS.directory))
+    shared = os.environ.get(MULTIPROC_ENV)
+    if shared:
+        MultiProcessCollector(registry, path=shared)
+        return generate_latest(registry)
+    return generate_latest(registry) + generate_latest(REGISTRY)
+
+
+async def render(store: Store) -> tuple[bytes, str]:
+    """The body and content type of ``/metrics``."""
+    return await _state(store) + recorded(), CONTENT_TYPE_LATEST

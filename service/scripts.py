@@ -31,6 +31,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from segments_core.unavailable import REDIS_CLIENT_ERRORS
+from service import metrics
 from service.errors import ScriptArgumentError
 
 LUA_DIR: Traversable = resources.files("service") / "lua"
@@ -71,6 +73,7 @@ class LuaScript:
     async def __call__(self, redis: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if len(keys) != self.num_keys:
             raise ValueError(f"{self.name} takes {self.num_keys} keys, got {len(keys)}")
+        metrics.REQUESTS.script_calls(self.name)
         # Read at the call, so a test clock moved while the call waited counts.
         args = [self.time_arg() if a is NOW else a for a in args]
         try:
@@ -87,8 +90,13 @@ class LuaScript:
             # Redis 7 passes the message on as it is; 6.2 wraps it in its own words.
             message = str(exc)
             if "BADARG " in message:
+                metrics.SCRIPT_ERRORS.labels(self.name, "BADARG").inc()
                 detail = message[message.index("BADARG ") + 7 :]
                 raise ScriptArgumentError(f"{self.name}: BADARG {detail}") from None
+            metrics.redis_error(exc, self.name)
+            raise
+        except REDIS_CLIENT_ERRORS as exc:
+            metrics.redis_error(exc, self.name)
             raise
 
 

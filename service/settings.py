@@ -15,6 +15,7 @@ import msgspec
 
 from segments_core import config
 from segments_core.config import ConfigError, DatabaseUrl, RedisUrl, Setting, Shards
+from segments_core.logging import LogFormat
 
 __all__ = ["ConfigError", "Settings", "Tokens", "load"]
 
@@ -132,6 +133,23 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ] = 30.0
     shards: Shards = None
     """None: as stored (16 for a new deployment)."""
+    ready_max_lag_s: Annotated[
+        float,
+        Setting(
+            "SEGMENTS_READY_MAX_LAG",
+            config.number,
+            "`/readyz` fails when the oldest event not yet archived is older than this, seconds",
+        ),
+    ] = 10.0
+    log_format: LogFormat = "text"
+    request_metrics: Annotated[
+        bool,
+        Setting(
+            "SEGMENTS_REQUEST_METRICS",
+            config.boolean,
+            "count and time every request for `/metrics` (`false` only to measure their cost)",
+        ),
+    ] = True
 
     @property
     def auth_enabled(self) -> bool:

@@ -18,6 +18,8 @@ from redis.exceptions import NoScriptError
 
 from segments_core.clock import Clock
 from segments_core.keys import GLOBAL, Keyspace, ShardKeys
+from segments_core.unavailable import REDIS_CLIENT_ERRORS
+from service import metrics
 from service.errors import InvalidRequest, SegmentExists, SegmentNotFound, UnknownSegments
 from service.scripts import NOW, LuaScript, load_scripts
 
@@ -304,6 +306,7 @@ class Store:
     async def lookup(self, user_ids: Sequence[int]) -> list[list[Membership]]:
         """Segments of many users in one round trip, in the order given."""
         now = self._get.time_arg()
+        metrics.REQUESTS.script_calls(self._get.name, len(user_ids))
         for attempt in (1, 2):
             pipe = self.conn.pipeline(transaction=False)
             for uid in user_ids:
@@ -317,6 +320,9 @@ class Store:
                     raise
                 await self.conn.script_load(self._get.source)
                 continue
+            except REDIS_CLIENT_ERRORS as exc:
+                metrics.redis_error(exc, self._get.name)
+                raise
             return [_memberships(flat) for flat in replies]
         raise AssertionError("unreachable")
 

@@ -10,8 +10,8 @@ import asyncio
 import logging
 import time
 
-from redis.exceptions import RedisError
-
+from segments_core.unavailable import REDIS_CLIENT_ERRORS
+from service import metrics
 from service.store import Store
 
 REPAIR_INTERVAL_S = 30.0
@@ -29,8 +29,10 @@ async def run(store: Store, interval_s: float) -> None:
                 next_repair = time.monotonic() + REPAIR_INTERVAL_S
             expired = await store.sweep()
             if expired:
+                metrics.SWEEPER_EXPIRED.inc(expired)
                 log.debug("expired %d memberships", expired)
-        except RedisError as exc:
+        except REDIS_CLIENT_ERRORS as exc:
+            metrics.redis_error(exc)
             log.warning("sweeper: Redis unavailable (%s); retrying", exc)
         except Exception:
             log.exception("sweeper step failed; retrying")

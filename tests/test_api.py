@@ -390,8 +390,11 @@ def test_batch_lookup_bad_body_is_400(client: Any, body: Any) -> None:
 def test_operations_endpoints(client: Any) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200
+    # No DATABASE_URL in this fixture: not ready, and the answer says why
+    # (tests/test_ops.py covers every check, ready and not).
+    assert ready.status_code == 503
     assert ready.json()["checks"]["redis"] == "ok"
+    assert ready.json()["checks"]["postgres"] == "not configured (DATABASE_URL)"
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert "segments_known_users" in metrics.text

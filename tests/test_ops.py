@@ -1,0 +1,305 @@
+"""Operations (SPEC §4, issue 11): metrics across workers, readiness of every
+part, request ids. Real servers throughout."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from segments_core.logging import JsonFormatter, RequestIdFilter
+from segments_dev.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+)
+from service.app import create_app
+from service.metrics import HOT_ROUTE, UNMATCHED
+from service.request_metrics import Recorder
+from service.settings import Settings
+from tests.support.history import archiver_in_thread
+from tests.support.serve import clean_env, serving
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+GENERATED_ID = re.compile(r"^[0-9a-f]{18,}$")
+"""What the service's own request ids look like: a per-process prefix of 12 hex
+digits, then a counter (segments_core.logging)."""
+OPS_ROUTES = {"/metrics", "/healthz", "/readyz"}
+
+
+def _wait(predicate: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _series(text: str) -> Series:
+    out: Series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def _requests(series: Series) -> Counter[tuple[str, str, int]]:
+    """segments_http_requests_total by (method, route, status), operations routes left out."""
+    out: Counter[tuple[str, str, int]] = Counter()
+    for (name, labels), value in series.items():
+        if name == "segments_http_requests_total":
+            d = dict(labels)
+            if d["route"] not in OPS_ROUTES:
+                out[(d["method"], d["route"], int(d["status"]))] = int(value)
+    return out
+
+
+def _durations(series: Series) -> Counter[tuple[str, str]]:
+    out: Counter[tuple[str, str]] = Counter()
+    for (name, labels), value in series.items():
+        if name == "segments_http_request_duration_seconds_count":
+            d = dict(labels)
+            if d["route"] not in OPS_ROUTES:
+                out[(d["method"], d["route"])] = int(value)
+    return out
+
+
+def _worker(response: httpx.Response) -> str:
+    """Which process answered: the prefix of the id it generated."""
+    rid = response.headers["x-request-id"]
+    assert GENERATED_ID.match(rid), rid
+    return rid[:12]
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_totals_are_the_same_whichever_worker_answers(
+    private_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # A previous run's files: `segments serve` must empty the folder as it starts.
+    stale = Recorder(str(metrics_dir))
+    stale.request("GET", "/stale", 200, 0.001)
+    stale.close()
+    assert list(metrics_dir.iterdir())
+
+    env = clean_env(REDIS_URL=private_redis.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    sent: Counter[tuple[str, str, int]] = Counter()
+    workers: set[str] = set()
+    # No keep-alive: each request on a new connection, so both workers take some.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    with serving(env, tmp_path / "serve.log", workers=2) as served, httpx.Client(
+        base_url=served.url, limits=limits, timeout=10
+    ) as http:
+
+        def call(method: str, path: str, route: str, status: int, **kw: Any) -> None:
+            r = http.request(method, path, **kw)
+            assert r.status_code == status, (method, path, r.text)
+            sent[(method, route, status)] += 1
+            workers.add(_worker(r))
+
+        for i in range(5):
+            call("POST", "/api/v1/segments", "/api/v1/segments", 201, json={"slug": f"S{i}"})
+        call("POST", "/api/v1/segments", "/api/v1/segments", 409, json={"slug": "S0"})
+        for i in range(5):
+            call("GET", f"/api/v1/segments/S{i}", "/api/v1/segments/{slug}", 200)
+        call("GET", "/api/v1/segments/NOPE", "/api/v1/segments/{slug}", 404)
+        for uid in range(1, 6):  # the hot path: lookup and change
+            call("POST", f"/api/v1/users/{uid}/segments", HOT_ROUTE, 200, json={"add": ["S1"]})
+        for _ in range(3):  # the same route through the framework
+            call("GET", "/api/v1/users/7/segments?expand=true", HOT_ROUTE, 200)
+        for _ in range(5):  # random paths: one label value, whatever the path
+            call("GET", f"/random/{uuid.uuid4()}", UNMATCHED, 404)
+        uid = 1
+        while len(workers) < 2 or uid <= 20:
+            assert uid < 2000, "every request went to the same worker"
+            call("GET", f"/api/v1/users/{uid}/segments", HOT_ROUTE, 200)
+            uid += 1
+        lookups = uid - 1
+
+        expected_durations: Counter[tuple[str, str]] = Counter()
+        for (method, route, _), n in sent.items():
+            expected_durations[(method, route)] += n
+        scraped_by: set[str] = set()
+        scrapes = 0
+        while len(scraped_by) < 2 or scrapes < 6:
+            assert scrapes < 200, "every scrape went to the same worker"
+            r = http.get("/metrics")
+            assert r.status_code == 200
+            scraped_by.add(_worker(r))
+            scrapes += 1
+            families = [x for x in r.text.splitlines() if x.startswith("# TYPE ")]
+            assert len(families) == len(set(families)), "a metric family twice"
+            series = _series(r.text)
+            assert _requests(series) == sent
+            assert _durations(series) == expected_durations
+            calls = {
+                dict(labels)["script"]: value
+                for (name, labels), value in series.items()
+                if name == "segments_lua_script_calls_total"
+            }
+            assert calls["getMemberships"] == lookups + 3
+            assert calls["changeMemberships"] == 5
+            assert calls["createSegment"] == 6
+            routes = {
+                dict(labels)["route"] for (_, labels) in series if dict(labels).get("route")
+            }
+            assert routes <= {route for _, route, _ in sent} | OPS_ROUTES, routes
+
+
+def test_unmatched_paths_share_one_label(client: Any) -> None:
+    for i in range(30):
+        assert client.get(f"/no/such/{uuid.uuid4()}/{i}").status_code == 404
+    series = _series(client.get("/metrics").text)
+    routes = {
+        dict(labels)["route"]
+        for (name, labels) in series
+        if name == "segments_http_requests_total"
+    }
+    assert not any(route.startswith("/no/") for route in routes)
+    key = ("segments_http_requests_total", frozenset(
+        {"method": "GET", "route": UNMATCHED, "status": "404"}.items()
+    ))
+    assert series[key] >= 30
+
+
+# -- readiness ---------------------------------------------------------------------------------
+
+
+def _ready(client: Any) -> tuple[int, dict[str, str]]:
+    r = client.get("/readyz")
+    body = r.json()
+    assert body["ready"] is (r.status_code == 200)
+    assert set(body["checks"]) == {"redis", "postgres", "archiver"}
+    return r.status_code, body["checks"]
+
+
+ALL_OK = (200, {"redis": "ok", "postgres": "ok", "archiver": "ok"})
+
+
+def test_readyz_ready_when_every_part_is(clean_redis_url: str, db: str) -> None:
+    app = create_app(Settings(redis_url=clean_redis_url, database_url=db))
+    with TestClient(app) as client:
+        assert _ready(client) == ALL_OK
+
+
+def test_readyz_postgres_down(clean_redis_url: str, private_pg: EmbeddedPostgres) -> None:
+    app = create_app(Settings(redis_url=clean_redis_url, database_url=private_pg.url))
+    with TestClient(app) as client:
+        _wait(lambda: _ready(client) == ALL_OK, "PostgreSQL ready")
+        private_pg.stop()
+        status, checks = _ready(client)
+        assert status == 503
+        assert checks["redis"] == "ok" and checks["archiver"] == "ok"
+        assert checks["postgres"] != "ok"
+        private_pg.start()
+        _wait(lambda: _ready(client) == ALL_OK, "PostgreSQL ready again")
+
+
+def test_readyz_redis_down(private_redis: EmbeddedRedis, db: str) -> None:
+    app = create_app(Settings(redis_url=private_redis.url, database_url=db))
+    with TestClient(app) as client:
+        assert _ready(client) == ALL_OK
+        private_redis.stop()
+        status, checks = _ready(client)
+        assert status == 503
+        assert checks["redis"].startswith("unavailable")
+        assert checks["archiver"].startswith("lag unknown")
+        assert checks["postgres"] == "ok"
+        private_redis.start()
+        _wait(lambda: _ready(client) == ALL_OK, "Redis ready again")
+
+
+def test_readyz_archiver_lagging(clean_redis_url: str, db: str) -> None:
+    settings = Settings(redis_url=clean_redis_url, database_url=db, ready_max_lag_s=0.3)
+    with TestClient(create_app(settings)) as client:
+        assert _ready(client) == ALL_OK  # nothing waits to be archived
+        assert client.post("/api/v1/segments", json={"slug": "A"}).status_code == 201
+        assert client.post("/api/v1/users/1/segments", json={"add": ["A"]}).status_code == 200
+        # No archiver runs: the events wait, and grow older than the bound.
+        _wait(lambda: _ready(client)[0] == 503, "the lag to pass the bound")
+        _, checks = _ready(client)
+        assert checks["archiver"].startswith("lagging:"), checks
+        assert "bound 0.3 s" in checks["archiver"]
+        assert checks["redis"] == "ok" and checks["postgres"] == "ok"
+        with archiver_in_thread(clean_redis_url, db):
+            _wait(lambda: _ready(client) == ALL_OK, "the archiver to catch up")
+
+
+# -- request ids --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/users/5/segments", "/api/v1/segments", "/nowhere", "/healthz"]
+)
+def test_request_id_is_echoed(client: Any, path: str) -> None:
+    for rid in ("abc", "Req-42_x.y:z@host/part+=", "x" * 128):
+        r = client.get(path, headers={"X-Request-ID": rid})
+        assert r.headers["x-request-id"] == rid
+
+
+@pytest.mark.parametrize("path", ["/api/v1/users/5/segments", "/api/v1/segments", "/nowhere"])
+def test_request_id_is_generated_when_missing_or_unacceptable(client: Any, path: str) -> None:
+    seen = set()
+    for headers in ({}, {"X-Request-ID": "a b"}, {"X-Request-ID": "x" * 129},
+                    {"X-Request-ID": "quote\"d"}, {"X-Request-ID": ""}):
+        rid = client.get(path, headers=headers).headers["x-request-id"]
+        assert GENERATED_ID.match(rid), rid
+        seen.add(rid)
+    assert len(seen) == 5
+
+
+@contextlib.contextmanager
+def _json_log() -> Iterator[io.StringIO]:
+    """Every log line of this process, as the service writes them (JSON), at DEBUG."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_every_500_is_logged_once_with_traceback_and_request_id(client: Any) -> None:
+    store = client.app.state.store
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected fault")
+
+    with _json_log() as out:
+        store.list_segments = broken  # the framework path
+        store.user_segments = broken  # the hot path
+        try:
+            framework = client.get("/api/v1/segments", headers={"X-Request-ID": "err-one"})
+            hot = client.get("/api/v1/users/5/segments", headers={"X-Request-ID": "err-two"})
+        finally:
+            del store.list_segments, store.user_segments
+    assert framework.status_code == hot.status_code == 500
+    assert hot.headers["x-request-id"] == "err-two"
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    for rid in ("err-one", "err-two"):
+        errors = [x for x in lines if x["level"] == "ERROR" and x.get("request_id") == rid]
+        assert len(errors) == 1, errors
+        assert "RuntimeError: injected fault" in errors[0]["exc_info"]
+        assert "Traceback" in errors[0]["exc_info"]
