@@ -91,15 +91,40 @@ def _require(value: str | None, name: str) -> str:
     return value
 
 
+def _warn_about_redis(redis_url: str) -> None:
+    """One warning line when Redis would lose or evict data (segments_core.redis_durability)."""
+    import logging
+
+    from segments_core.redis_client import connect
+    from segments_core.redis_durability import durability_warning
+
+    async def check() -> str | None:
+        redis = await connect(redis_url)
+        try:
+            return await durability_warning(redis)
+        finally:
+            await redis.aclose()
+
+    log = logging.getLogger("segments.serve")
+    try:
+        warning = asyncio.run(check())
+    except Exception as exc:  # Redis down at start: the API starts anyway and answers 503
+        log.warning("could not check Redis persistence and eviction: %s", exc)
+        return
+    if warning:
+        log.warning(warning)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_module.load()  # a bad value stops here, before any worker starts
-    _require(settings.redis_url, "REDIS_URL")
+    redis_url = _require(settings.redis_url, "REDIS_URL")
     from segments_core import logging as logs
     from segments_core import metrics_dir
 
     # Before prometheus_client is imported anywhere: the workers inherit it.
     metrics_dir.prepare()
     logs.configure(settings.log_format, args.log_level)
+    _warn_about_redis(redis_url)
     import uvicorn
 
     uvicorn.run(

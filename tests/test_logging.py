@@ -127,8 +127,9 @@ def test_every_api_line_is_json(private_redis: EmbeddedRedis, tmp_path: Path) ->
         assert served.stop() == 0
     docs = _json_lines(served.log())
     loggers = {d["logger"] for d in docs}
-    assert {"uvicorn.error", "uvicorn.access"} <= loggers, loggers
+    assert {"uvicorn.error", "uvicorn.access", "segments.serve"} <= loggers, loggers
     assert any("Started server process" in d["message"] for d in docs)
+    assert any("Redis may lose data" in d["message"] for d in docs)  # the start-up check
     for rid in ("hot-1", "framework-1", "unmatched-1"):
         access = [d for d in docs if d.get("request_id") == rid]
         assert [d["logger"] for d in access] == ["uvicorn.access"], access

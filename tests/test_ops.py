@@ -1,5 +1,5 @@
 """Operations (SPEC §4, issue 11): metrics across workers, readiness of every
-part, request ids. Real servers throughout."""
+part, request ids, start-up checks of Redis. Real servers throughout."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -17,14 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as redis_sync
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from segments_core.logging import JsonFormatter, RequestIdFilter
-from segments_dev.embedded import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-)
+from segments_core.redis_client import connect
+from segments_core.redis_durability import durability_warning
+from segments_dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, redis_server_binary
 from service.app import create_app
 from service.metrics import HOT_ROUTE, UNMATCHED
 from service.request_metrics import Recorder
@@ -303,3 +305,85 @@ def test_every_500_is_logged_once_with_traceback_and_request_id(client: Any) -> 
         assert len(errors) == 1, errors
         assert "RuntimeError: injected fault" in errors[0]["exc_info"]
         assert "Traceback" in errors[0]["exc_info"]
+
+
+# -- start-up checks of Redis -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _redis_without_config() -> Iterator[str]:
+    """A Redis whose CONFIG command is renamed away, as managed services do."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        proc = subprocess.Popen(
+            [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", folder,
+             "--rename-command", "CONFIG", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            client = redis_sync.Redis.from_url(url)
+
+            def up() -> bool:
+                try:
+                    return bool(client.ping())
+                except redis_sync.ConnectionError:
+                    return False
+
+            _wait(up, "redis-server")
+            client.close()
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def _warning(url: str) -> str | None:
+    redis = await connect(url)
+    try:
+        return await durability_warning(redis)
+    finally:
+        await redis.aclose()
+
+
+async def test_durability_warning(private_redis: EmbeddedRedis) -> None:
+    r = redis_sync.Redis.from_url(private_redis.url)
+    try:
+        r.config_set("maxmemory-policy", "allkeys-lru")
+        warning = await _warning(private_redis.url)
+        assert warning is not None and "\n" not in warning
+        assert 'no persistence (appendonly no, save "")' in warning
+        assert "maxmemory-policy allkeys-lru can evict" in warning
+        assert "appendonly yes" in warning and "noeviction" in warning  # what to set
+
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("save", "3600 1")  # RDB snapshots: persistence, if coarse
+        assert await _warning(private_redis.url) is None
+
+        r.config_set("save", "")
+        r.config_set("appendonly", "yes")
+        assert await _warning(private_redis.url) is None
+    finally:
+        r.close()
+
+    with _redis_without_config() as url:
+        warning = await _warning(url)
+        assert warning is not None
+        assert "RDB snapshots could not be checked (CONFIG GET" in warning
+        assert "can evict" not in warning  # INFO told: noeviction, the default
+
+
+def test_serve_warns_once_at_start(private_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    r = redis_sync.Redis.from_url(private_redis.url)
+    r.config_set("maxmemory-policy", "volatile-lru")
+    r.close()
+    with serving(
+        clean_env(REDIS_URL=private_redis.url), tmp_path / "serve.log", workers=2
+    ) as served:
+        pass
+    warnings = [line for line in served.log().splitlines() if "Redis may lose data" in line]
+    assert len(warnings) == 1, served.log()
+    assert "WARNING segments.serve" in warnings[0]
+    assert "volatile-lru" in warnings[0] and "no persistence" in warnings[0]
