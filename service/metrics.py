@@ -49,6 +49,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from segments_core import unavailable
 from segments_core.keys import GLOBAL
+from segments_core.metrics_dir import memory_folder
 from segments_core.streams import archiver_lag
 from service.request_metrics import Recorder, RequestsCollector
 
@@ -111,7 +112,7 @@ def _private_dir() -> str:
     """This process's own folder for the per-request files (no multiprocess folder set)."""
     global _private
     if _private is None:
-        _private = tempfile.mkdtemp(prefix="segments-metrics-")
+        _private = tempfile.mkdtemp(prefix="segments-metrics-", dir=memory_folder())
         atexit.register(shutil.rmtree, _private, True)
     return _private
 
