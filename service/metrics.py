@@ -63,48 +63,6 @@ HOT_ROUTE = "/api/v1/users/{user_id}/segments"
 UNMATCHED = "unmatched"
 """The route label of a request no route matched (404, 405): one value, so
 random paths cannot grow the number of series."""
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class RequestMetrics:
-    """Per-request recording of this process (``service.request_metrics``), opened
-    on first use in the metrics folder (or a private one), anew after a fork."""
-
-    def __init__(self) -> None:
-        self.enabled = True
-        """False: nothing is recorded (SEGMENTS_REQUEST_METRICS=false, to measure the cost)."""
-        self._recorder: Recorder | None = None
-        self._dir: str | None = None
-
-    @property
-    def directory(self) -> str:
-        if self._dir is None:
-            self._dir = os.environ.get(MULTIPROC_ENV) or _private_dir()
-        return self._dir
-
-    @property
-    def recorder(self) -> Recorder:
-        if self._recorder is None:
-            self._recorder = Recorder(self.directory)
-        return self._recorder
-
-    def reset(self) -> None:
-        """Forget the files (a forked child opens its own)."""
-        self._recorder = None
-        self._dir = None
-
-    def request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """One answered request (route: its template, :data:`HOT_ROUTE` or :data:`UNMATCHED`)."""
-        if self.enabled:
-            recorder = self._recorder or self.recorder
-            recorder.request(method if method in _METHODS else "OTHER", route, status, seconds)
-
-    def script_calls(self, script: str, calls: int = 1) -> None:
-        """``calls`` calls of one Lua script (a pipelined lookup makes many at once)."""
-        if self.enabled:
-            (self._recorder or self.recorder).script_calls(script, calls)
-
-
 _private: str | None = None
 
 
@@ -117,7 +75,12 @@ def _private_dir() -> str:
     return _private
 
 
-REQUESTS = RequestMetrics()
+def _directory() -> str:
+    return os.environ.get(MULTIPROC_ENV) or _private_dir()
+
+
+REQUESTS = Recorder(_directory)
+"""This process's per-request metrics (``service.request_metrics``)."""
 
 
 def _after_fork() -> None:

@@ -30,7 +30,7 @@ import logging
 import mmap
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -60,22 +60,49 @@ _PREFIX = "segments-requests-"
 log = logging.getLogger("segments.metrics")
 
 
-class Recorder:
-    """This process's per-request numbers, in its two files under ``directory``."""
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-    def __init__(self, directory: str) -> None:
-        pid = os.getpid()
-        base = os.path.join(directory, f"{_PREFIX}{pid}")
-        with open(base + ".values", "w+b") as values:
-            values.truncate(SLOTS * 8)
-            self._map = mmap.mmap(values.fileno(), SLOTS * 8)
-        self._values = memoryview(self._map).cast("d")
-        self._series = open(base + ".series", "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-        self._slots: dict[Any, int] = {}
+
+class Recorder:
+    """This process's per-request numbers, in its two files under ``directory``
+    (a folder, or a function that names it), opened at the first record."""
+
+    def __init__(self, directory: str | Callable[[], str]) -> None:
+        self.enabled = True
+        """False: nothing is recorded (SEGMENTS_REQUEST_METRICS=false, to measure the cost)."""
+        self._where = directory
+        self._dir: str | None = None
+        self._values: memoryview | None = None
+        self._routes: dict[tuple[str, str], tuple[int, dict[int, int]]] = {}
+        """(method, route) -> (first slot of its durations, status -> slot of its count)."""
+        self._scripts: dict[str, int] = {}
         self._next = 0
         self._full = False
 
-    def _allocate(self, key: Any, kind: str, labels: list[str], width: int) -> int:
+    @property
+    def directory(self) -> str:
+        if self._dir is None:
+            self._dir = self._where if isinstance(self._where, str) else self._where()
+        return self._dir
+
+    def reset(self) -> None:
+        """Forget the files without closing them (a forked child opens its own)."""
+        self._dir = self._values = None
+        self._routes, self._scripts, self._next, self._full = {}, {}, 0, False
+
+    def _open(self) -> memoryview:
+        base = os.path.join(self.directory, f"{_PREFIX}{os.getpid()}")
+        with open(base + ".values", "w+b") as values:
+            values.truncate(SLOTS * 8)
+            self._map = mmap.mmap(values.fileno(), SLOTS * 8)
+        self._series = open(base + ".series", "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        self._values = memoryview(self._map).cast("d")
+        return self._values
+
+    def _allocate(self, kind: str, labels: list[str], width: int) -> int:
+        """The first of ``width`` new slots, announced in the series file; -1 when full."""
+        if self._values is None:
+            self._open()
         if self._next + width > SLOTS:
             if not self._full:
                 self._full = True
@@ -84,39 +111,52 @@ class Recorder:
         slot, self._next = self._next, self._next + width
         self._series.write(json.dumps([kind, labels, slot]) + "\n")
         self._series.flush()
-        self._slots[key] = slot
         return slot
 
+    def _route(self, method: str, route: str) -> tuple[int, dict[int, int]] | None:
+        base = self._allocate(DURATION, [method, route], _SPAN)
+        if base < 0:
+            return None
+        entry = self._routes[(method, route)] = (base, {})
+        return entry
+
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
-        values = self._values
-        slot = self._slots.get((method, route, status))
+        """One answered request (``route``: its template, or a fixed label)."""
+        if not self.enabled:
+            return
+        if method not in _METHODS:
+            method = "OTHER"
+        entry = self._routes.get((method, route)) or self._route(method, route)
+        if entry is None:
+            return
+        base, statuses = entry
+        slot = statuses.get(status)
         if slot is None:
-            labels = [method, route, str(status)]
-            slot = self._allocate((method, route, status), REQUESTS, labels, 1)
-            if slot < 0:
-                return
-        values[slot] += 1.0
-        base = self._slots.get((method, route))
-        if base is None:
-            base = self._allocate((method, route), DURATION, [method, route], _SPAN)
-            if base < 0:
-                return
+            slot = statuses[status] = self._allocate(REQUESTS, [method, route, str(status)], 1)
+        values = self._values
+        assert values is not None
+        if slot >= 0:
+            values[slot] += 1.0
         # the bucket of the first bound >= seconds (Prometheus's "le"), +Inf last
         values[base + bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1.0
         values[base + _SPAN - 1] += seconds
 
-    def script_calls(self, script: str, calls: int) -> None:
-        slot = self._slots.get(script)
+    def script_calls(self, script: str, calls: int = 1) -> None:
+        """``calls`` calls of one Lua script (a pipelined lookup makes many at once)."""
+        if not self.enabled:
+            return
+        slot = self._scripts.get(script)
         if slot is None:
-            slot = self._allocate(script, SCRIPT_CALLS, [script], 1)
-            if slot < 0:
-                return
-        self._values[slot] += calls
+            slot = self._scripts[script] = self._allocate(SCRIPT_CALLS, [script], 1)
+        if slot >= 0:
+            self._values[slot] += calls  # type: ignore[index]
 
     def close(self) -> None:
-        self._values.release()
-        self._map.close()
-        self._series.close()
+        if self._values is not None:
+            self._values.release()
+            self._map.close()
+            self._series.close()
+            self.reset()
 
 
 def _read(base: str) -> Iterator[tuple[str, tuple[str, ...], list[float]]]:
