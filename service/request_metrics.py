@@ -45,6 +45,8 @@ DURATION_BUCKETS = (
 """Seconds; lookups take well under a millisecond of server time, reports seconds."""
 _SPAN = len(DURATION_BUCKETS) + 2
 """Slots of one duration series: a count per bucket, the +Inf bucket, the sum."""
+_SUM = _SPAN - 1
+_bucket = bisect.bisect_left
 
 REQUESTS = "segments_http_requests"
 DURATION = "segments_http_request_duration_seconds"
@@ -114,7 +116,9 @@ class Recorder:
         return slot
 
     def _route(self, method: str, route: str) -> tuple[int, dict[int, int]] | None:
-        base = self._allocate(DURATION, [method, route], _SPAN)
+        # Methods are few (the HTTP parser knows a fixed set); any but these is "OTHER".
+        label = method if method in _METHODS else "OTHER"
+        base = self._allocate(DURATION, [label, route], _SPAN)
         if base < 0:
             return None
         entry = self._routes[(method, route)] = (base, {})
@@ -124,22 +128,20 @@ class Recorder:
         """One answered request (``route``: its template, or a fixed label)."""
         if not self.enabled:
             return
-        if method not in _METHODS:
-            method = "OTHER"
         entry = self._routes.get((method, route)) or self._route(method, route)
         if entry is None:
             return
         base, statuses = entry
         slot = statuses.get(status)
         if slot is None:
-            slot = statuses[status] = self._allocate(REQUESTS, [method, route, str(status)], 1)
-        values = self._values
-        assert values is not None
+            label = method if method in _METHODS else "OTHER"
+            slot = statuses[status] = self._allocate(REQUESTS, [label, route, str(status)], 1)
+        values: Any = self._values
         if slot >= 0:
             values[slot] += 1.0
         # the bucket of the first bound >= seconds (Prometheus's "le"), +Inf last
-        values[base + bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1.0
-        values[base + _SPAN - 1] += seconds
+        values[base + _bucket(DURATION_BUCKETS, seconds)] += 1.0
+        values[base + _SUM] += seconds
 
     def script_calls(self, script: str, calls: int = 1) -> None:
         """``calls`` calls of one Lua script (a pipelined lookup makes many at once)."""
