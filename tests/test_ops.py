@@ -4,6 +4,7 @@ from a folder other users cannot enter. Real servers throughout."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -504,3 +505,36 @@ def test_dev_as_root_from_a_private_folder_keeps_its_data() -> None:
         for path in set(RELOCATED_ROOT.glob("*")) - relocated_before:
             shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+# -- what metrics cost ---------------------------------------------------------------------------
+
+
+def test_request_metrics_off_records_nothing(clean_redis_url: str) -> None:
+    def lookups(client: Any) -> float:
+        key = ("segments_http_requests_total", frozenset(
+            {"method": "GET", "route": HOT_ROUTE, "status": "200"}.items()
+        ))
+        return _series(client.get("/metrics").text).get(key, 0.0)
+
+    settings = Settings(redis_url=clean_redis_url, request_metrics=False)
+    with TestClient(create_app(settings)) as client:
+        before = lookups(client)
+        for uid in range(1, 11):
+            assert client.get(f"/api/v1/users/{uid}/segments").status_code == 200
+        assert lookups(client) == before
+    with TestClient(create_app(Settings(redis_url=clean_redis_url))) as client:
+        before = lookups(client)
+        assert client.get("/api/v1/users/1/segments").status_code == 200
+        assert lookups(client) == before + 1
+
+
+def test_the_cost_measurement_runs(clean_redis_url: str) -> None:
+    """bench/metrics_cost.py, tiny: both modes measured, the switch left on."""
+    from bench.metrics_cost import _inprocess
+    from service import metrics
+
+    found = asyncio.run(_inprocess(clean_redis_url, users=20, pairs=2, calls=50))
+    assert [r.metrics for r in found.runs] == ["on", "off", "off", "on"]
+    assert all(r.value > 0 for r in found.runs)
+    assert metrics.REQUESTS.enabled
