@@ -51,6 +51,7 @@ from segments_core import unavailable
 from segments_core.keys import GLOBAL
 from segments_core.metrics_dir import memory_folder
 from segments_core.streams import archiver_lag
+from segments_core.unavailable import REDIS_CLIENT_ERRORS
 from service.request_metrics import Recorder, RequestsCollector
 
 if TYPE_CHECKING:
@@ -235,5 +236,19 @@ def recorded() -> bytes:
 
 
 async def render(store: Store) -> tuple[bytes, str]:
-    """The body and content type of ``/metrics``."""
-    return await _state(store) + recorded(), CONTENT_TYPE_LATEST
+    """The body and content type of ``/metrics``. With Redis unavailable the
+    state gauges are left out (``segments_redis_up`` says so) and the rest is
+    served: the error counters matter most then."""
+    up = GaugeMetricFamily(
+        "segments_redis_up", "1 when this scrape could read the state from Redis, else 0"
+    )
+    try:
+        state = await _state(store)
+        up.add_metric([], 1)
+    except REDIS_CLIENT_ERRORS as exc:
+        redis_error(exc)
+        state = b""
+        up.add_metric([], 0)
+    registry = CollectorRegistry()
+    registry.register(_Families([up]))
+    return generate_latest(registry) + state + recorded(), CONTENT_TYPE_LATEST

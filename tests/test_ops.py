@@ -234,8 +234,27 @@ def test_readyz_redis_down(private_redis: EmbeddedRedis, db: str) -> None:
         assert checks["redis"].startswith("unavailable")
         assert checks["archiver"].startswith("lag unknown")
         assert checks["postgres"] == "ok"
+        assert client.get("/api/v1/users/1/segments").status_code == 503
+        # /metrics still answers, without the state it cannot read: the errors show
+        scraped = client.get("/metrics")
+        assert scraped.status_code == 200
+        series = _series(scraped.text)
+        assert series[("segments_redis_up", frozenset())] == 0
+        assert "segments_known_users" not in scraped.text
+        errors = {
+            dict(labels)["kind"]: value
+            for (name, labels), value in series.items()
+            if name == "segments_redis_errors_total"
+        }
+        assert errors.get("connection", 0) >= 1, errors
+        key = ("segments_http_requests_total", frozenset(
+            {"method": "GET", "route": HOT_ROUTE, "status": "503"}.items()
+        ))
+        assert series[key] >= 1
         private_redis.start()
         _wait(lambda: _ready(client) == ALL_OK, "Redis ready again")
+        scraped = client.get("/metrics").text
+        assert _series(scraped)[("segments_redis_up", frozenset())] == 1
 
 
 def test_readyz_archiver_lagging(clean_redis_url: str, db: str) -> None:
