@@ -557,3 +557,58 @@ def test_the_cost_measurement_runs(clean_redis_url: str) -> None:
     assert [r.metrics for r in found.runs] == ["on", "off", "off", "on"]
     assert all(r.value > 0 for r in found.runs)
     assert metrics.REQUESTS.enabled
+
+
+# -- dashboards ------------------------------------------------------------------------------
+
+DEPLOY = ROOT / "deploy"
+
+
+def _exposed(text: str) -> set[str]:
+    """Every metric name a query may use, from a scrape: families (with their
+    counter and histogram suffixes) and samples."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            base = name.removesuffix("_total")
+            names |= {name, base}
+            if kind == "counter":
+                names.add(base + "_total")
+            elif kind == "histogram":
+                names |= {base + "_bucket", base + "_count", base + "_sum"}
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def test_every_metric_the_dashboard_queries_exists(clean_redis_url: str, db: str) -> None:
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/segments.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = set(re.findall(r"\bsegments_[a-z_]+", " ".join(queries)))
+    assert len(used) >= 15, used
+    app = create_app(Settings(redis_url=clean_redis_url, database_url=db))
+    with TestClient(app) as client, archiver_in_thread(clean_redis_url, db):
+        assert client.post("/api/v1/segments", json={"slug": "D"}).status_code == 201
+        assert client.post("/api/v1/users/1/segments", json={"add": ["D"]}).status_code == 200
+        _wait(lambda: _ready(client) == ALL_OK, "the archiver")
+        exposed = _exposed(client.get("/metrics").text)
+    assert used <= exposed, sorted(used - exposed)
+
+
+def test_the_monitoring_profile_scrapes_the_api_and_the_archiver() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    monitoring = {n for n, s in compose.items() if "monitoring" in s.get("profiles", [])}
+    assert monitoring == {"prometheus", "grafana"}
+    mounts = " ".join(compose["prometheus"]["volumes"] + compose["grafana"]["volumes"])
+    paths = ("deploy/prometheus.yml", "deploy/grafana/provisioning", "deploy/grafana/dashboards")
+    for path in paths:
+        assert f"./{path}:" in mounts
+        assert (ROOT / path).exists()
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {t for job in scrape for c in job["static_configs"] for t in c["targets"]}
+    port = compose["api"]["command"][compose["api"]["command"].index("--port") + 1]
+    archiver_port = compose["archiver"]["environment"]["SEGMENTS_ARCHIVER_METRICS_PORT"]
+    assert targets == {f"api:{port}", f"archiver:{archiver_port}"}
