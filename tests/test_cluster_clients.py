@@ -94,6 +94,10 @@ def test_error_code_reads_redis_6_and_7_script_errors() -> None:
 # -- the cluster client -----------------------------------------------------------------------
 
 
+# The tests below start a cluster of their own (6 processes): CI runs them in its
+# cluster step, with the rest of what is marked `cluster`.
+
+
 @pytest.fixture(scope="module")
 def private_cluster() -> Iterator[RedisClusterServers]:
     """A cluster of this module's own: the tests change slot states."""
@@ -109,6 +113,7 @@ async def cluster_client(private_cluster: RedisClusterServers) -> AsyncIterator[
     await client.aclose()
 
 
+@pytest.mark.cluster
 async def test_connect_returns_an_initialised_cluster_client(cluster_client: Any) -> None:
     assert isinstance(cluster_client, ClusterClient)
     # The slot map is loaded before the first command, so many tasks' first
@@ -136,10 +141,12 @@ async def _hammer(client: Any, resets: int) -> None:
     await asyncio.gather(*(work(i) for i in range(30)), reset())
 
 
+@pytest.mark.cluster
 async def test_a_reset_never_cuts_a_command_in_flight(cluster_client: Any) -> None:
     await _hammer(cluster_client, resets=40)
 
 
+@pytest.mark.cluster
 async def test_redis_py_alone_cuts_commands_in_flight(private_cluster: RedisClusterServers) -> None:
     """What the test above guards against: redis-py's own reset closes
     connections other tasks are using. (If redis-py stops doing that, this
@@ -156,6 +163,7 @@ async def test_redis_py_alone_cuts_commands_in_flight(private_cluster: RedisClus
 SCRIPT = "redis.call('INCR', KEYS[1]); redis.call('INCR', KEYS[2]); return 1"
 
 
+@pytest.mark.cluster
 async def test_a_short_migration_is_waited_out(
     cluster_client: Any, private_cluster: RedisClusterServers
 ) -> None:
@@ -182,6 +190,7 @@ async def test_a_short_migration_is_waited_out(
     private_cluster.wait_healthy()
 
 
+@pytest.mark.cluster
 async def test_a_long_migration_is_not_now(
     cluster_client: Any, private_cluster: RedisClusterServers
 ) -> None:
