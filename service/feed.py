@@ -324,8 +324,10 @@ class FeedHub:
         """Readers (by their first stream) whose last read failed."""
         self.readers = 0
         """Blocking reads in progress or looping (1 on a single Redis)."""
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        """One reader per stream on Cluster, one for all streams on a single Redis."""
         self._started = False
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -335,15 +337,27 @@ class FeedHub:
         self.positions = [ids[s] for s in self.streams]
         self._encoder = cursor.Encoder(self.shards, self.positions)
         self._started = True
-        self._task = asyncio.create_task(self._run(), name="feed-reader")
+        n = len(self.streams)
+        groups = [[i] for i in range(n)] if self.cluster else [list(range(n))]
+        self._tasks = [
+            asyncio.create_task(self._follow(group), name=f"feed-read-{group[0]}")
+            for group in groups
+        ]
 
     async def stop(self) -> None:
         """Ends every subscription and the reader, and closes the hub's Redis client."""
+        # The flag first: redis-py may turn the cancel of a blocked read into
+        # another error while it cleans the connection up, which the readers
+        # would otherwise take for a failure and retry.
+        self._stopping = True
         self.close_subscribers("server shutting down")
-        if self._task is not None:
-            self._task.cancel()
-            # Bounded, as the sweeper's stop: a cancelled connect can take long to unwind.
-            await asyncio.wait([self._task], timeout=1.0)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            # A read on Cluster does not always give way to the cancel (redis-py
+            # cleaning up a connection it was opening); the flag ends it once its
+            # block is over. Bounded, so a stop never hangs.
+            await asyncio.wait(self._tasks, timeout=self.read_block_ms / 1000 + 1.0)
         await self.redis.aclose()
 
     def close_subscribers(self, reason: str) -> None:
@@ -370,11 +384,6 @@ class FeedHub:
         """Reading every stream: False before the start and while a read fails."""
         return self._started and not self._failing
 
-    async def _run(self) -> None:
-        n = len(self.streams)
-        groups = [[i] for i in range(n)] if self.cluster else [list(range(n))]
-        await asyncio.gather(*(self._follow(group) for group in groups))
-
     async def _follow(self, indexes: list[int]) -> None:
         """Reads ``indexes`` for ever; a failure ends every subscription, then retries.
 
@@ -383,10 +392,12 @@ class FeedHub:
         """
         key = indexes[0]
         delay = RETRY_MIN_S
-        while True:
+        while not self._stopping:
             try:
                 await self._read(indexes, key)
             except Exception as exc:
+                if self._stopping:
+                    return
                 if isinstance(exc, RedisError | OSError):
                     log.warning("feed: reading %s failed: %s; retrying", self.streams[key], exc)
                 else:
@@ -403,7 +414,7 @@ class FeedHub:
     async def _read(self, indexes: list[int], key: int) -> None:
         self.readers += 1
         try:
-            while True:
+            while not self._stopping:
                 reply = await self.redis.xread(
                     {self.streams[i]: format_id(self.positions[i]) for i in indexes},
                     count=self.read_count,
