@@ -483,7 +483,8 @@ def test_dev_as_root_from_a_private_folder_keeps_its_data() -> None:
         return proc, base
 
     def database_url() -> str:
-        for line in log_path.read_text().splitlines():
+        """The URL the latest run printed (the port may differ from the last run's)."""
+        for line in reversed(log_path.read_text().splitlines()):
             message = json.loads(line)["message"]
             if message.startswith("embedded PostgreSQL "):
                 return str(message.split()[2])
@@ -496,7 +497,7 @@ def test_dev_as_root_from_a_private_folder_keeps_its_data() -> None:
             r = httpx.post(f"{base}/api/v1/users/1/segments", json={"add": ["KEPT"]})
             assert r.status_code == 200
             url = database_url()
-            _wait(lambda: _history_rows(url) >= 1, "the archiver", timeout_s=60)
+            _wait(lambda: _history_rows(url) >= 1, "the archiver", timeout_s=120)
             # one metrics folder for the API and the archiver: the API shows both
             scraped = httpx.get(f"{base}/metrics").text
             assert 'segments_archiver_events_total{stream="{s' in scraped
