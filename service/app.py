@@ -113,7 +113,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        redis = await connect(redis_url)
+        redis = await connect(redis_url, wait_replicas=settings.wait_replicas)
         # Scripts go through the lean pipelined connection on a single Redis;
         # a Cluster is left to redis-py, which routes by key.
         fast = (

@@ -133,6 +133,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ] = 30.0
     shards: Shards = None
     """None: as stored (16 for a new deployment)."""
+    wait_replicas: Annotated[
+        int,
+        Setting(
+            "SEGMENTS_WAIT_REPLICAS",
+            config.whole(0),
+            "Redis Cluster: a change is answered only once this many replicas hold it"
+            " (else 503); closes Redis's replication window, costs a round trip per change",
+        ),
+    ] = 0
     ready_max_lag_s: Annotated[
         float,
         Setting(

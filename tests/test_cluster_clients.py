@@ -238,3 +238,95 @@ async def test_archiver_carries_on_after_an_unexpected_error(
         await wait_for(lambda: set(keys) <= set(archived(db)), what="every event archived")
         assert not task.done()
     assert failures["left"] == 0
+
+
+# -- waiting for a replica (SEGMENTS_WAIT_REPLICAS) ---------------------------------------------
+
+
+@pytest.mark.cluster
+async def test_waiting_for_a_replica_returns_once_the_replica_holds_the_change(
+    private_cluster: RedisClusterServers,
+) -> None:
+    private_cluster.flush()
+    client = await connect(private_cluster.url, wait_replicas=1)
+    try:
+        sha = await client.script_load(SCRIPT)
+        keys = ["{w1}:a", "{w1}:b"]
+        master = private_cluster.master_of_slot(client.keyslot(keys[0]))
+        replica = private_cluster.replicas_of(master)[0]
+        for n in range(1, 51):
+            assert await client.execute_command("EVALSHA", sha, 2, *keys) == 1
+            # Read on the replica right after the answer: the change is there.
+            with replica.connect() as direct:
+                direct.execute_command("READONLY")
+                assert int(direct.get(keys[1])) == n
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.cluster
+async def test_a_master_without_its_replica_refuses_to_acknowledge(
+    private_cluster: RedisClusterServers,
+) -> None:
+    private_cluster.flush()
+    client = await connect(private_cluster.url, wait_replicas=1)
+    try:
+        sha = await client.script_load(SCRIPT)
+        keys = ["{w2}:a", "{w2}:b"]
+        master = private_cluster.master_of_slot(client.keyslot(keys[0]))
+        replica = private_cluster.replicas_of(master)[0]
+        private_cluster.kill(replica)
+        try:
+            with pytest.raises(ResponseError) as refused:
+                await client.execute_command("EVALSHA", sha, 2, *keys)
+            assert is_unavailable(refused.value)
+        finally:
+            private_cluster.restart(replica)
+        assert await client.execute_command("EVALSHA", sha, 2, *keys) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_waiting_for_replicas_needs_a_cluster(single_redis_url: str) -> None:
+    with pytest.raises(ValueError, match="needs Redis Cluster"):
+        await connect(single_redis_url, wait_replicas=1)
+
+
+@pytest.mark.cluster
+async def test_a_connection_closed_under_a_command_is_a_lost_connection(
+    cluster_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py can close a connection another task has just taken (module doc
+    of segments_core.redis_client); the command then fails as a lost
+    connection (503), not with the AttributeError (asyncio) or RuntimeError
+    (uvloop) that redis-py lets out."""
+    from redis.asyncio.connection import Connection
+
+    for symptom in (
+        AttributeError("'NoneType' object has no attribute 'writelines'"),
+        RuntimeError("unable to perform operation on <TCPTransport closed=True>"),
+    ):
+
+        async def closed(self: Connection, command: Any, symptom: Exception = symptom) -> None:
+            raise symptom
+
+        monkeypatch.setattr(Connection, "_send_packed_command", closed)
+        with pytest.raises(ConnectionError) as lost:
+            await cluster_client.set("k", "v")
+        assert is_unavailable(lost.value)
+    monkeypatch.undo()
+    assert await cluster_client.set("k", "v")
+
+
+@pytest.mark.cluster
+async def test_an_attribute_error_elsewhere_stays_a_bug(
+    cluster_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.asyncio.cluster import ClusterNode
+
+    async def broken(self: ClusterNode, *args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("a bug above the socket")
+
+    monkeypatch.setattr(ClusterNode, "execute_command", broken)
+    with pytest.raises(AttributeError):
+        await cluster_client.set("k", "v")

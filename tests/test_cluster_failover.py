@@ -76,9 +76,17 @@ def cluster() -> Iterator[RedisClusterServers]:
 
 
 @pytest.fixture
-def stack(cluster: RedisClusterServers, fresh_pg_url: str, tmp_path: Path) -> Iterator[Stack]:
+def stack_env() -> dict[str, str]:
+    """Settings of the stack under test (a test overrides it to change them)."""
+    return {}
+
+
+@pytest.fixture
+def stack(
+    cluster: RedisClusterServers, fresh_pg_url: str, tmp_path: Path, stack_env: dict[str, str]
+) -> Iterator[Stack]:
     database_url = prepare_database(fresh_pg_url)
-    with Stack(cluster.url, database_url, tmp_path) as running:
+    with Stack(cluster.url, database_url, tmp_path, **stack_env) as running:
         running.database_url = database_url  # type: ignore[attr-defined]
         with httpx.Client(base_url=running.url) as http:
             for slug in SLUGS:
@@ -204,3 +212,25 @@ def _acknowledged_at(outcomes: list[Outcome]) -> dict[tuple[int, str, str], floa
             assert o.slug is not None and o.op is not None
             out[(o.user, o.slug, o.op)] = o.ended
     return out
+
+
+@pytest.mark.parametrize("stack_env", [{"SEGMENTS_WAIT_REPLICAS": "1"}])
+def test_master_killed_loses_nothing_when_changes_wait_for_a_replica(
+    stack: Stack, cluster: RedisClusterServers
+) -> None:
+    """SEGMENTS_WAIT_REPLICAS=1: a 200 means the replica holds the change, so
+    the kill loses none. The promoted replica has no replica of its own until
+    the killed node is back: its shards answer 503 until then."""
+    victim = next(n for n in cluster.masters() if f"redis://{n.address}" == stack.env["REDIS_URL"])
+
+    def operate() -> tuple[set[int], float]:
+        touched = shards_on(victim.slots)
+        started = time.monotonic()
+        cluster.kill(victim)
+        cluster.restart(victim)
+        return touched, time.monotonic() - started
+
+    _, accounts, _, _ = run_scenario(
+        "master SIGKILL, SEGMENTS_WAIT_REPLICAS=1", stack, cluster, operate
+    )
+    assert_nothing_lost(accounts)

@@ -325,6 +325,9 @@ class Figures:
     """From the operation's start until the cluster was healthy again."""
     slowest_ms: float
     """The slowest request that started after the operation did."""
+    change_p50_ms: float
+    lookup_p50_ms: float
+    """Median times of the requests answered before the operation (steady state)."""
     acknowledged: int = 0
     lost: int = 0
 
@@ -333,7 +336,9 @@ class Figures:
             f"{self.scenario}: requests {self.by_status} (touched shards {self.touched_by_status},"
             f" others {self.others_by_status}); non-200 answers for {self.disturbed_s:.2f} s;"
             f" cluster healthy after {self.healthy_s:.2f} s; slowest request"
-            f" {self.slowest_ms:.0f} ms; acknowledged changes {self.acknowledged}, lost {self.lost}"
+            f" {self.slowest_ms:.0f} ms; median change {self.change_p50_ms:.1f} ms, lookup"
+            f" {self.lookup_p50_ms:.1f} ms; acknowledged changes {self.acknowledged},"
+            f" lost {self.lost}"
         )
 
 
@@ -348,6 +353,12 @@ def figures(
         return str(o.status) if o.status else "no answer"
 
     after = [o for o in outcomes if o.started >= started]
+    before = [o for o in outcomes if o.ended < started and o.status == 200]
+
+    def median_ms(kind: str) -> float:
+        times = sorted((o.ended - o.started) * 1000 for o in before if o.kind == kind)
+        return times[len(times) // 2] if times else 0.0
+
     bad = [o.ended for o in outcomes if o.status != 200 and o.ended >= started]
     return Figures(
         scenario=scenario,
@@ -357,6 +368,8 @@ def figures(
         disturbed_s=max(bad) - started if bad else 0.0,
         healthy_s=healthy_s,
         slowest_ms=max(((o.ended - o.started) * 1000 for o in after), default=0.0),
+        change_p50_ms=median_ms("change"),
+        lookup_p50_ms=median_ms("lookup"),
     )
 
 
