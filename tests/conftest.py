@@ -19,6 +19,12 @@ installed on the machine. To run against existing servers instead:
 ``private_pg`` / ``private_redis`` are always private embedded servers, even
 with those variables set: tests stop and start them, and must never stop the
 machine's servers.
+
+- ``TEST_SERVER_BOUND_ONLY=1``: run only the tests that use the configured
+  servers (those asking, directly or through other fixtures, for ``redis_url``
+  or ``pg_server_url``) and those marked ``cluster``. CI's second and third runs
+  (machine servers, Redis Cluster) use it: a test that never touches the
+  configured servers would only repeat what the first run proved.
 """
 
 from __future__ import annotations
@@ -40,6 +46,21 @@ from segments_dev.embedded import (
     drop_database,
     random_database_name,
 )
+
+SERVER_FIXTURES = frozenset({"redis_url", "pg_server_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("TEST_SERVER_BOUND_ONLY") != "1":
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        uses = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        (keep if uses or item.get_closest_marker("cluster") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @contextmanager
