@@ -140,11 +140,11 @@ def test_the_crash_hook_is_no_setting_and_inert_unless_its_variable_is_set(
     assert faults.ENV not in {s.env for _, s in config.declared(ArchiverConfig)}
     monkeypatch.delenv(faults.ENV, raising=False)
     faults.arm_from_environment()
-    assert faults._target is None
+    assert faults.HOOK.target is None
     faults.reached("after_read")  # disarmed: nothing happens
     monkeypatch.setenv(faults.ENV, "after_ack:2")
     try:
         faults.arm_from_environment()
-        assert (faults._target, faults._remaining) == ("after_ack", 2)
+        assert (faults.HOOK.target, faults.HOOK.remaining) == ("after_ack", 2)
     finally:
         faults.arm(None)
