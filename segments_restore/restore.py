@@ -31,12 +31,11 @@ from typing import Any
 
 import msgspec
 
-from segments_core import config
 from segments_core.clock import Clock
 from segments_core.config import ConfigError
 from segments_core.keys import GLOBAL, Keyspace
 from segments_core.redis_client import connect
-from segments_restore import faults, redis_state, shards
+from segments_restore import faults, redis_state, settings, shards
 from segments_restore.catalogue import Catalogue
 from segments_restore.history import History
 from segments_restore.progress import Reporter
@@ -279,11 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        redis_url = config.redis_url()
-        database_url = config.database_url()
-        configured = config.shards()
-        if redis_url is None or database_url is None:
-            raise ConfigError("REDIS_URL and DATABASE_URL must both be set")
+        redis_url, database_url, configured = settings.read()
         faults.arm_from_environment()
     except ConfigError as exc:
         print(f"segments restore: configuration error: {exc}", file=sys.stderr)

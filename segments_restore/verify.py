@@ -48,13 +48,12 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from segments_core import config
 from segments_core.clock import to_datetime
 from segments_core.config import ConfigError
 from segments_core.keys import GLOBAL, Keyspace, ShardKeys
 from segments_core.redis_client import connect
 from segments_core.streams import EntryId, format_id
-from segments_restore import redis_state, shards
+from segments_restore import redis_state, settings, shards
 from segments_restore.catalogue import Catalogue
 from segments_restore.history import History, UserEvents
 from segments_restore.progress import Reporter
@@ -501,11 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        redis_url = config.redis_url()
-        database_url = config.database_url()
-        configured = config.shards()
-        if redis_url is None or database_url is None:
-            raise ConfigError("REDIS_URL and DATABASE_URL must both be set")
+        redis_url, database_url, configured = settings.read()
     except ConfigError as exc:
         print(f"segments verify: configuration error: {exc}", file=sys.stderr)
         return 2
