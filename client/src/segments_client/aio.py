@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
@@ -11,19 +10,27 @@ import httpx
 
 from segments_client import _calls as calls
 from segments_client._calls import UNSET, Call, Unset
-from segments_client._follow import FEED_PATH, IDLE_TIMEOUT_S, Backoff, FeedHandler, FeedTask
+from segments_client._core import (
+    Attempts,
+    ClientBase,
+    Filling,
+    build_request,
+    cached_part,
+    feed_headers,
+    line_event,
+    pool_limits,
+)
+from segments_client._follow import FEED_PATH, IDLE_TIMEOUT_S, Backoff, FeedTask
 from segments_client._follow import feed_timeout as _feed_timeout
-from segments_client._retry import pause_s
 from segments_client.cache import MAX_ENTRIES, MembershipCache
-from segments_client.client import POOL_CONNECTIONS, _typed, auth_headers, cache_stats, deadline_ms
 from segments_client.errors import SegmentsError
-from segments_client.models import AddItem, CacheStats, FeedEvent, Membership, ReportLink, Segment
-from segments_client.sse import Message, SSEParser
+from segments_client.models import AddItem, FeedEvent, Membership, ReportLink, Segment
+from segments_client.sse import SSEParser
 
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """The Segments API over HTTP, for asyncio; see ``Client`` for the behaviour.
 
     With ``cache=True`` the feed is followed by a task started on
@@ -40,27 +47,23 @@ class AsyncClient:
         max_entries: int = MAX_ENTRIES,
         feed_idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._headers = auth_headers(token)
+        super().__init__(
+            base_url,
+            token=token,
+            cache=cache,
+            timeout=timeout,
+            max_entries=max_entries,
+            feed_idle_timeout=feed_idle_timeout,
+        )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=self._headers,
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS
-            ),
+            limits=pool_limits(),
         )
-        self._feed_idle_timeout = feed_idle_timeout
-        self._cache: MembershipCache | None = None
-        self._handler: FeedHandler | None = None
         self._feed: FeedTask | None = None
         self._feed_http: httpx.AsyncClient | None = None
-        if cache:
-            self._cache = MembershipCache(max_entries)
-            self._handler = FeedHandler(self._cache)
+        if self._handler is not None:
             self._feed_http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers)
             self._feed = FeedTask(self._feed_http, self._handler, feed_idle_timeout)
         self._started = False
@@ -87,24 +90,15 @@ class AsyncClient:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    def stats(self) -> CacheStats:
-        return cache_stats(self._cache, self._handler)
-
     # -- the calls ----------------------------------------------------------------------
 
     async def _run(self, call: Call[T]) -> T:
         self._start()
-        give_up = time.monotonic() + self.timeout
-        attempt = 0
+        attempts = Attempts(self.timeout)
         while True:
-            left = give_up - time.monotonic()
             try:
-                response = await self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.json,
-                    timeout=max(left, 0.001),
+                response = await self._http.send(
+                    build_request(self._http, call, attempts.request_timeout())
                 )
             except httpx.TransportError as exc:
                 error, again = calls.transport_error(exc, call)
@@ -112,13 +106,7 @@ class AsyncClient:
                 if response.status_code != 503:
                     return calls.outcome(call, response)
                 error, again = calls.answer_error(response), True
-            if not again:
-                raise error
-            pause = pause_s(attempt, getattr(error, "retry_after", None))
-            if time.monotonic() + pause >= give_up:
-                raise error
-            await asyncio.sleep(pause)
-            attempt += 1
+            await asyncio.sleep(attempts.pause_after(error, again))
 
     async def create_segment(
         self, slug: str, *, description: str = "", percent: float | None = None
@@ -169,16 +157,9 @@ class AsyncClient:
         return await self._run(calls.memberships(user_id))
 
     async def _fetch(self, cache: MembershipCache, user_id: int) -> list[Membership]:
-        ticket = cache.begin(user_id)
-        try:
+        with Filling(cache, user_id) as filling:
             found = await self._run(calls.memberships(user_id))
-        except BaseException:
-            if ticket is not None:
-                cache.abandon(ticket)
-            raise
-        if ticket is not None:
-            cache.store(ticket, [(m.slug, deadline_ms(m)) for m in found])
-        return found
+        return filling.store(found)
 
     async def lookup(self, user_ids: Iterable[int]) -> dict[int, list[str]]:
         ids = list(user_ids)
@@ -186,14 +167,7 @@ class AsyncClient:
         if cache is None:
             return await self._run(calls.lookup(ids))
         self._start()
-        out: dict[int, list[str]] = {}
-        missing: list[int] = []
-        for uid in ids:
-            found = cache.get(uid)
-            if found is None:
-                missing.append(uid)
-            else:
-                out[uid] = found
+        out, missing = cached_part(cache, ids)
         if missing:
             out.update(await self._run(calls.lookup(missing)))
         return {uid: out[uid] for uid in ids}
@@ -229,9 +203,7 @@ class AsyncClient:
         first = True
         async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers) as http:
             while True:
-                headers = {"Accept": "text/event-stream"}
-                if parser.last_id:
-                    headers["Last-Event-ID"] = parser.last_id
+                headers = feed_headers(parser.last_id)
                 try:
                     async with http.stream(
                         "GET",
@@ -247,24 +219,12 @@ class AsyncClient:
                         backoff.reset()
                         parser = SSEParser(parser.last_id)
                         async for line in response.aiter_lines():
-                            item = parser.line(line)
-                            if isinstance(item, Message):
-                                event = _typed(item)
-                                if event is not None:
-                                    yield event
+                            event = line_event(parser, line)
+                            if event is not None:
+                                yield event
                 except (httpx.TransportError, SegmentsError):
                     if first or not reconnect:
                         raise
                 if not reconnect:
                     return
                 await asyncio.sleep(backoff.next())
-
-    # -- own changes: seen by the next lookup at once ----------------------------------------
-
-    def _user_changed(self, user_id: int) -> None:
-        if self._cache is not None:
-            self._cache.invalidate(user_id)
-
-    def _segments_changed(self) -> None:
-        if self._cache is not None:
-            self._cache.clear()

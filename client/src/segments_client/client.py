@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -11,61 +10,38 @@ import httpx
 
 from segments_client import _calls as calls
 from segments_client._calls import UNSET, Call, Unset
+from segments_client._core import (
+    Attempts,
+    ClientBase,
+    Filling,
+    build_request,
+    cached_part,
+    feed_headers,
+    line_event,
+    pool_limits,
+)
 from segments_client._follow import (
     FEED_PATH,
     IDLE_TIMEOUT_S,
     Backoff,
-    FeedHandler,
     FeedThread,
     feed_timeout,
 )
-from segments_client._retry import pause_s
 from segments_client.cache import MAX_ENTRIES, MembershipCache
 from segments_client.errors import SegmentsError
 from segments_client.models import (
     AddItem,
-    CacheStats,
     FeedEvent,
     Membership,
     ReportLink,
     Segment,
-    feed_event,
 )
-from segments_client.sse import Message, SSEParser
+from segments_client.sse import SSEParser
 
 T = TypeVar("T")
 
-POOL_CONNECTIONS = 100
-"""Connections kept to the service (per client): one per concurrent caller."""
 
-
-def auth_headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def cache_stats(cache: MembershipCache | None, handler: FeedHandler | None) -> CacheStats:
-    if cache is None or handler is None:
-        return CacheStats(0, 0, 0, 0, 0, False, None, 0, 0)
-    return CacheStats(
-        hits=cache.hits,
-        misses=cache.misses,
-        entries=len(cache),
-        evictions=cache.evictions,
-        invalidations=cache.invalidations,
-        feed_connected=cache.serving,
-        feed_lag_s=handler.lag_s,
-        reconnects=max(0, handler.connections - 1),
-        resets=handler.resets,
-    )
-
-
-def deadline_ms(membership: Membership) -> int | None:
-    if membership.expires_at is None:
-        return None
-    return round(membership.expires_at.timestamp() * 1000)
-
-
-class Client:
+class Client(ClientBase):
     """The Segments API over HTTP, blocking.
 
     ``timeout`` bounds each call, retries included: 503 answers and failed
@@ -85,29 +61,24 @@ class Client:
         max_entries: int = MAX_ENTRIES,
         feed_idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        headers = auth_headers(token)
+        super().__init__(
+            base_url,
+            token=token,
+            cache=cache,
+            timeout=timeout,
+            max_entries=max_entries,
+            feed_idle_timeout=feed_idle_timeout,
+        )
         self._http = httpx.Client(
             base_url=self.base_url,
-            headers=headers,
+            headers=self._headers,
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS
-            ),
+            limits=pool_limits(),
         )
-        self._headers = headers
-        self._feed_idle_timeout = feed_idle_timeout
-        self._cache: MembershipCache | None = None
-        self._handler: FeedHandler | None = None
         self._feed: FeedThread | None = None
         self._feed_http: httpx.Client | None = None
-        if cache:
-            self._cache = MembershipCache(max_entries)
-            self._handler = FeedHandler(self._cache)
-            self._feed_http = httpx.Client(base_url=self.base_url, headers=headers)
+        if self._handler is not None:
+            self._feed_http = httpx.Client(base_url=self.base_url, headers=self._headers)
             self._feed = FeedThread(self._feed_http, self._handler, feed_idle_timeout)
             self._feed.start()
 
@@ -126,24 +97,14 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def stats(self) -> CacheStats:
-        """Cache hits, misses, entries and the feed's state (zeros without a cache)."""
-        return cache_stats(self._cache, self._handler)
-
     # -- the calls ----------------------------------------------------------------------
 
     def _run(self, call: Call[T]) -> T:
-        give_up = time.monotonic() + self.timeout
-        attempt = 0
+        attempts = Attempts(self.timeout)
         while True:
-            left = give_up - time.monotonic()
             try:
-                response = self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.json,
-                    timeout=max(left, 0.001),
+                response = self._http.send(
+                    build_request(self._http, call, attempts.request_timeout())
                 )
             except httpx.TransportError as exc:
                 error, again = calls.transport_error(exc, call)
@@ -151,13 +112,7 @@ class Client:
                 if response.status_code != 503:
                     return calls.outcome(call, response)
                 error, again = calls.answer_error(response), True
-            if not again:
-                raise error
-            pause = pause_s(attempt, getattr(error, "retry_after", None))
-            if time.monotonic() + pause >= give_up:
-                raise error
-            time.sleep(pause)
-            attempt += 1
+            time.sleep(attempts.pause_after(error, again))
 
     def create_segment(
         self, slug: str, *, description: str = "", percent: float | None = None
@@ -211,16 +166,9 @@ class Client:
         return self._run(calls.memberships(user_id))
 
     def _fetch(self, cache: MembershipCache, user_id: int) -> list[Membership]:
-        ticket = cache.begin(user_id)
-        try:
+        with Filling(cache, user_id) as filling:
             found = self._run(calls.memberships(user_id))
-        except BaseException:
-            if ticket is not None:
-                cache.abandon(ticket)
-            raise
-        if ticket is not None:
-            cache.store(ticket, [(m.slug, deadline_ms(m)) for m in found])
-        return found
+        return filling.store(found)
 
     def lookup(self, user_ids: Iterable[int]) -> dict[int, list[str]]:
         """Segments of many users (1 to 1,000), one round trip for those not in memory.
@@ -232,14 +180,7 @@ class Client:
         cache = self._cache
         if cache is None:
             return self._run(calls.lookup(ids))
-        out: dict[int, list[str]] = {}
-        missing: list[int] = []
-        for uid in ids:
-            found = cache.get(uid)
-            if found is None:
-                missing.append(uid)
-            else:
-                out[uid] = found
+        out, missing = cached_part(cache, ids)
         if missing:
             out.update(self._run(calls.lookup(missing)))
         return {uid: out[uid] for uid in ids}
@@ -289,9 +230,7 @@ class Client:
         first = True
         with httpx.Client(base_url=self.base_url, headers=self._headers) as http:
             while True:
-                headers = {"Accept": "text/event-stream"}
-                if parser.last_id:
-                    headers["Last-Event-ID"] = parser.last_id
+                headers = feed_headers(parser.last_id)
                 try:
                     with http.stream(
                         "GET",
@@ -307,34 +246,12 @@ class Client:
                         backoff.reset()
                         parser = SSEParser(parser.last_id)
                         for line in response.iter_lines():
-                            item = parser.line(line)
-                            if isinstance(item, Message):
-                                event = _typed(item)
-                                if event is not None:
-                                    yield event
+                            event = line_event(parser, line)
+                            if event is not None:
+                                yield event
                 except (httpx.TransportError, SegmentsError):
                     if first or not reconnect:
                         raise
                 if not reconnect:
                     return
                 time.sleep(backoff.next())
-
-    # -- own changes: seen by the next lookup at once ----------------------------------------
-
-    def _user_changed(self, user_id: int) -> None:
-        if self._cache is not None:
-            self._cache.invalidate(user_id)
-
-    def _segments_changed(self) -> None:
-        # A segment's creation (a percent), percent change or deletion touches
-        # many users, all done when the call returns: forget everything.
-        if self._cache is not None:
-            self._cache.clear()
-
-
-def _typed(message: Message) -> FeedEvent | None:
-    try:
-        data = json.loads(message.data)
-    except ValueError:
-        return None
-    return feed_event(message.event, data, message.last_id)
