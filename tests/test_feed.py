@@ -35,10 +35,10 @@ from tests.support.live import (
     Event,
     FeedReader,
     LiveServer,
-    ServeProcess,
     readers,
     wait_until,
 )
+from tests.support.serve import ServeProcess
 
 CHANGE_KEYS = {"user_id", "segment", "operation", "timestamp", "reason", "expires_at"}
 SEGMENT_KEYS = {"slug", "action", "percent", "timestamp"}
@@ -460,7 +460,7 @@ def test_resume_across_an_api_restart(clean_redis_url: str, client: Any) -> None
     """``segments serve`` stopped (SIGTERM, ends its feeds at once) and started again:
     a cursor of the old process resumes on the new one; writes made while no API
     ran (through another app on the same Redis) are replayed."""
-    env = {"REDIS_URL": clean_redis_url}
+    env = {**os.environ, "REDIS_URL": clean_redis_url}
     ok(client.post("/api/v1/segments", json={"slug": "A"}))
     with ServeProcess(env) as first, httpx.Client(base_url=first.url) as http:
         reader = FeedReader(first.url).live()
@@ -491,7 +491,7 @@ def test_two_workers(clean_redis_url: str) -> None:
     """``--workers 2``: each process has its own hub; every subscriber gets every
     event, and a cursor resumes whichever worker takes the reconnection."""
     with (
-        ServeProcess({"REDIS_URL": clean_redis_url}, workers=2) as server,
+        ServeProcess({**os.environ, "REDIS_URL": clean_redis_url}, workers=2) as server,
         httpx.Client(base_url=server.url) as http,
         readers(server.url, 6) as subscribers,
     ):

@@ -45,7 +45,7 @@ from tests.support.history import (
     running_archiver,
     wait_for,
 )
-from tests.support.live import ServeProcess
+from tests.support.serve import ServeProcess
 
 JSON = {"content-type": "application/json"}
 KEY = b"hostile-signing-key-0123456789"
@@ -496,7 +496,7 @@ def served(clean_redis_url: str) -> Iterator[ServeProcess]:
         "SEGMENTS_BODY_TIMEOUT": "1",
     }
     env.pop("DATABASE_URL", None)
-    with ServeProcess(env) as server:
+    with ServeProcess({**os.environ, **env}) as server:
         yield server
 
 

@@ -2,8 +2,6 @@
 
 - ``LiveServer``: the app under uvicorn in a thread of the test process, on a
   free port (so a test can look at the app's state, e.g. its feed hub).
-- ``ServeProcess``: ``segments serve`` as a child process (``--workers N``),
-  stopped with SIGTERM like a deployment's restart.
 - ``FeedReader``: reads ``GET /api/v1/changes`` in a thread and keeps every
   event, comment and the last event id, for tests to wait on.
 """
@@ -13,16 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Self
 
 import httpx
@@ -112,68 +105,6 @@ class LiveServer:
                 self.in_loop(lambda: self.app.state.feed.close_subscribers("server stopping"))
         self._server.should_exit = True
         self._thread.join(WAIT_S)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-
-def segments_command() -> list[str]:
-    script = Path(sys.executable).parent / "segments"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "segments_cli"]
-
-
-class ServeProcess:
-    """``segments serve --workers N`` on a free port, with ``env`` added to ours."""
-
-    def __init__(self, env: Mapping[str, str], workers: int = 1, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workers = workers
-        self.env = {**os.environ, **env}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Self:
-        self.proc = subprocess.Popen(
-            [
-                *segments_command(),
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-            ],
-            env=self.env,
-            start_new_session=True,
-        )
-
-        def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"segments serve exited with {self.proc.returncode}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, what="segments serve to answer /healthz")
-        return self
-
-    def stop(self) -> int | None:
-        """SIGTERM, as a deployment restarts it; the exit code (None if it had to be killed)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(WAIT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            return None
 
     def __enter__(self) -> Self:
         return self.start()
