@@ -17,7 +17,7 @@ changes shape (each found on a real cluster, see docs/cluster.md):
   ``AttributeError`` (500);
 - a command refused because its slot is being migrated (redis-py gives up
   with ``ClusterError: TTL exhausted`` after its redirections) is tried
-  again a few times within :data:`MIGRATION_WAITS_S`, so a short migration
+  again a few times within :data:`MIGRATION_BUDGET_S`, so a short migration
   costs latency, not errors. A longer one gets 503 (segments_core.unavailable).
 
 With ``wait_replicas`` (``SEGMENTS_WAIT_REPLICAS``), every script call is
@@ -61,8 +61,14 @@ COMMAND_TIMEOUT_S = 1.5
 which a request must get its 503 when Redis is stuck (docs/api.md): a
 command that times out is not sent again (see ``retry`` below)."""
 MIGRATION_WAITS_S = (0.02, 0.05, 0.1, 0.2)
-"""Pauses before each new try of a command whose slot is migrating (370 ms in
-all): a slot of a few thousand keys moves within that; a bigger one gets 503."""
+"""Pauses before each new try of a command whose slot is migrating."""
+MIGRATION_BUDGET_S = 0.5
+"""How long a command waits for its slot's migration to end, tries included,
+before it fails "not now" (503): a shard moved 1,000 keys per MIGRATE is
+usually done before; a longer move costs its shard 503s, never others."""
+REDIRECTIONS = 8
+"""Redirections (MOVED, ASK, TRYAGAIN) redis-py follows for one try (its
+default, 16, spends up to 400 ms in TRYAGAIN pauses alone)."""
 
 
 WAIT_TIMEOUT_MS = 1000
@@ -76,6 +82,7 @@ class ClusterClient(RedisCluster):
 
     wait_replicas = 0
     """Replicas every script call waits for (0: none, Redis's asynchronous replication)."""
+    RedisClusterRequestTTL = REDIRECTIONS
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -94,6 +101,8 @@ class ClusterClient(RedisCluster):
             raise
 
     async def _execute_waiting_out_migrations(self, *args: Any, **kwargs: Any) -> Any:
+        clock = asyncio.get_running_loop().time
+        started = clock()
         for pause in MIGRATION_WAITS_S:
             try:
                 return await super().execute_command(*args, **kwargs)
@@ -101,7 +110,7 @@ class ClusterClient(RedisCluster):
                 # Exactly ClusterError: redirections (ASK, MOVED, TRYAGAIN)
                 # ran out, so the command never ran and can be sent again.
                 # Its subclass ClusterDownError has redis-py's own retries.
-                if type(exc) is not ClusterError:
+                if type(exc) is not ClusterError or clock() - started + pause > MIGRATION_BUDGET_S:
                     raise
             await asyncio.sleep(pause)
         return await super().execute_command(*args, **kwargs)
@@ -112,6 +121,8 @@ class ClusterClient(RedisCluster):
         connection). Redirections are followed as redis-py follows them, with
         ``ASKING`` on that same connection."""
         key = args[3]  # EVALSHA sha numkeys key ...
+        clock = asyncio.get_running_loop().time
+        started = clock()
         pauses = iter(MIGRATION_WAITS_S)
         asked: ClusterNode | None = None
         for _ in range(self.RedisClusterRequestTTL):
@@ -143,7 +154,7 @@ class ClusterClient(RedisCluster):
                 continue
             if isinstance(result, TryAgainError):
                 pause = next(pauses, None)
-                if pause is None:
+                if pause is None or clock() - started + pause > MIGRATION_BUDGET_S:
                     break
                 await asyncio.sleep(pause)
                 continue

@@ -27,7 +27,7 @@ from redis.exceptions import (
 )
 
 from archiver.worker import StreamWorker
-from segments_core.redis_client import MIGRATION_WAITS_S, ClusterClient, connect
+from segments_core.redis_client import MIGRATION_BUDGET_S, ClusterClient, connect
 from segments_core.unavailable import error_code, is_unavailable
 from tests.support.cluster import RedisClusterServers
 from tests.support.history import (
@@ -178,7 +178,7 @@ async def test_a_short_migration_is_waited_out(
     source.call("MIGRATE", "127.0.0.1", target.port, keys[0], 0, 5000)
 
     async def finish_soon() -> None:
-        await asyncio.sleep(sum(MIGRATION_WAITS_S) / 4)
+        await asyncio.sleep(MIGRATION_BUDGET_S / 5)
         source.call("MIGRATE", "127.0.0.1", target.port, keys[1], 0, 5000)
         for node in (target, source, *private_cluster.masters()):
             node.call("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
