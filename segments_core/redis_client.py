@@ -1,8 +1,8 @@
 """Connects to a single Redis or a Redis Cluster, whichever REDIS_URL names.
 
 On a cluster the client is :class:`ClusterClient`, redis-py's ``RedisCluster``
-with three changes that keep a service on its feet while the cluster
-changes shape (each found on a real cluster, see docs/cluster.md):
+with a few changes that keep a service on its feet while the cluster changes
+shape (each found on a real cluster, see docs/cluster.md):
 
 - it is initialised (slot map loaded) before :func:`connect` returns, so
   the first commands of many concurrent tasks go to the right nodes;
@@ -10,7 +10,8 @@ changes shape (each found on a real cluster, see docs/cluster.md):
   during a failover), it closes idle connections at once and busy ones only
   when their command is done. redis-py closes every connection then,
   including ones other tasks are using, which fails their commands
-  (``'NoneType' object has no attribute 'writelines'``) on healthy nodes too;
+  (``'NoneType' object has no attribute 'writelines'``) on healthy nodes
+  too; a failed load of the slot map closes nothing either;
 - a connection redis-py closed under a command (it closes a failed node's
   idle connections from a snapshot another task may have taken one from)
   fails as the lost connection it is (``ConnectionError``, 503), not as an
